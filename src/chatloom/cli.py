@@ -1,0 +1,103 @@
+"""The `chatloom` command: a thin Typer app over the Python API (each stage adds its own sub-commands)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from . import protocols as protocols_mod
+from .conversation import ValidationError
+from .conversation import load as load_conversations
+from .tokenizers import load_tokenizer, train_bpe
+
+app = typer.Typer(help="chatloom: post-train language models on conversations.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+console = Console()
+err = Console(stderr=True)
+
+PACKAGE_DIR = Path(__file__).parent
+EXAMPLE = PACKAGE_DIR / "examples" / "seed.jsonl"
+DEFAULT_TOKENIZER = PACKAGE_DIR / "assets" / "tokenizer"
+
+
+def fail(message: str, code: int = 2):
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def resolve_protocol(protocol: str, tokenizer: str | None, template: str | None):
+    """The protocol the user asked for, with a sensible default tokenizer (chatloom's bundled BPE)."""
+    tok = load_tokenizer(tokenizer or str(DEFAULT_TOKENIZER))
+    if template is not None:
+        return protocols_mod.from_template(template, tok)
+    return protocols_mod.get(protocol, tok)
+
+
+@app.command()
+def tokens(
+    file: Path = typer.Argument(None, help="Conversations (JSONL/Parquet). Default: chatloom's bundled example."),
+    protocol: str = typer.Option("gpt4o", "--protocol", "-p", help=f"One of {', '.join(protocols_mod.NAMES)}."),
+    tokenizer: str = typer.Option(None, "--tokenizer", "-t", help="tokenizer.json, model dir or .tiktoken file."),
+    template: str = typer.Option(None, "--template", help="Jinja chat template (.jinja, tokenizer_config.json, dir): implies hf."),
+    html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML token view here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per conversation."),
+    limit: int = typer.Option(0, "--limit", "-n", help="Show at most N conversations (0: all)."),
+):
+    """Token view: each token as text and id, coloured per message, supervised tokens marked, with counts."""
+    from .protocols import view
+
+    file = file or EXAMPLE
+    try:
+        proto = resolve_protocol(protocol, tokenizer, template)
+        convs = list(load_conversations(file))
+    except (ValidationError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if limit:
+        convs = convs[:limit]
+    rendered = proto.render_batch(convs)
+    if as_json:
+        for c, r in zip(convs, rendered, strict=True):
+            sys.stdout.write(view.dumps_json(c, r, proto) + "\n")
+    else:
+        for c, r in zip(convs, rendered, strict=True):
+            console.print(view.to_rich(c, r, proto))
+    if html_out:
+        html_out.parent.mkdir(parents=True, exist_ok=True)
+        html_out.write_text(view.to_html(zip(convs, rendered, strict=True), proto, title=f"chatloom tokens · {file.name}"),
+                            encoding="utf-8")
+        (err if as_json else console).print(f"wrote {html_out}")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    files: list[Path] = typer.Argument(..., help="Plain-text training files."),
+    vocab_size: int = typer.Option(8192, "--vocab-size"),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory (Hugging Face tokenizer files)."),
+    special: list[str] = typer.Option(["<|endoftext|>"], "--special", help="Special tokens to reserve (first = EOS)."),
+):
+    """Train a byte-level BPE with the `tokenizers` library and save it as a Hugging Face tokenizer directory."""
+    try:
+        tok = train_bpe(files, vocab_size, out, special_tokens=special)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    console.print(f"trained a byte-level BPE with {len(tok)} tokens -> {out}")
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Where to write the results.")):
+    """The main job on the embedded default (for now: the token view of the bundled example conversations)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokens(file=EXAMPLE, protocol="gpt4o", tokenizer=None, template=None, html_out=out / "tokens.html", as_json=False, limit=0)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Protocols: conversation <-> tokens. `get("gpt4o" | "chatml" | "llama3" | "hf", tokenizer=...)` or `from_template(...)`.
+
+Training, evaluation, the engine, the server and the labeling preview all use these objects: `render` (ids, mask,
+message index), `prompt` (ids up to the assistant header) and `parse` (ids back to a Conversation).
+"""
+
+from __future__ import annotations
+
+from ..tokenizers import Tokenizer, copy_tokenizer, load_tokenizer
+from .base import Part, Protocol, ProtocolError, Rendered
+from .builtin import BUILTIN, ChatML, GPT4o, Llama3
+from .template import TemplateProtocol, from_template, read_template_source
+
+NAMES = (*BUILTIN, "hf")
+
+
+def get(name: str, tokenizer: Tokenizer | str | None = None, *, template=None, copy: bool = False, **kw) -> Protocol:
+    """A protocol by name. Missing control tokens are added to `tokenizer` (pass copy=True to leave it untouched).
+    `hf` needs `template=` (string, .jinja, tokenizer_config.json or model directory) or a tokenizer with a template."""
+    if tokenizer is None:
+        if name == "hf" and template is not None:
+            return from_template(template, None, **kw)
+        raise ValueError(f"protocol {name!r} needs a tokenizer")
+    tokenizer = load_tokenizer(tokenizer)
+    if copy:
+        tokenizer = copy_tokenizer(tokenizer)
+    if name in BUILTIN:
+        return BUILTIN[name](tokenizer)
+    if name == "hf":
+        if template is None:
+            hf = getattr(tokenizer, "hf", None)
+            template = getattr(hf, "chat_template", None)
+            if not template:
+                raise ValueError(f"protocol 'hf': tokenizer {tokenizer.name} has no chat template; pass template=")
+        return from_template(template, tokenizer, **kw)
+    raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def for_model(model_dir, tokenizer: Tokenizer | None = None) -> Protocol:
+    """The protocol a model directory was trained with: the built-in named in its `chatloom.json` when chatloom wrote
+    it, otherwise `hf` from its chat template (`chat_template.jinja` or `tokenizer_config.json`)."""
+    import json
+    from pathlib import Path
+
+    model_dir = Path(model_dir)
+    tokenizer = load_tokenizer(tokenizer or model_dir)
+    meta = model_dir / "chatloom.json"
+    if meta.exists():
+        name = json.loads(meta.read_text(encoding="utf-8")).get("protocol")
+        if name in BUILTIN:
+            return BUILTIN[name](tokenizer)
+    return from_template(model_dir, tokenizer)
+
+
+__all__ = ["for_model", "get", "from_template", "read_template_source", "Protocol", "ProtocolError", "Rendered", "Part",
+           "TemplateProtocol", "GPT4o", "ChatML", "Llama3", "NAMES"]

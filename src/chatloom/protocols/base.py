@@ -1,0 +1,209 @@
+"""What every protocol is: conversation -> parts (text or control token) -> ids, loss mask and message index.
+
+A protocol only has to say which *parts* a conversation becomes (`parts`) and how to read ids back (`parse`). Turning parts
+into ids is shared and exact: consecutive text parts are joined into one segment and encoded as a whole with special-token
+parsing off, and control tokens are placed by id. This is what a Hugging Face tokenizer does with a rendered template
+(it splits on control tokens and encodes the text between them), minus the injection: user text is never searched for
+control tokens. Token boundaries inside a segment come from the tokenizer's character offsets, so a token that straddles a
+header and an assistant reply is supervised, as transformers' `return_assistant_tokens_mask` does.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..conversation import Conversation
+from ..tokenizers import Tokenizer, token_index_at
+
+NO_MESSAGE = -1
+
+
+@dataclass(slots=True)
+class Part:
+    """A piece of the rendered conversation: either `text` or a control `token`, from message `message` (-1: none)."""
+
+    text: str | None = None
+    token: str | None = None
+    message: int = NO_MESSAGE
+    supervised: bool = False
+
+
+@dataclass
+class Rendered:
+    """Token ids, 0/1 loss mask and, per token, the index of the message it came from (-1 for BOS / prompt)."""
+
+    ids: list[int]
+    mask: list[int]
+    message_index: list[int]
+    parts: list[Part] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(self.mask)
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """(start, end) token range of each message, in message order."""
+        out: dict[int, list[int]] = {}
+        for t, m in enumerate(self.message_index):
+            if m >= 0:
+                out.setdefault(m, [t, t + 1])[1] = t + 1
+        return [tuple(out[m]) for m in sorted(out)]
+
+
+class ProtocolError(ValueError):
+    """Ids that do not follow the protocol, or a protocol that cannot be used with a tokenizer."""
+
+
+class Protocol:
+    """Base class: subclasses define `parts`, `parse`, the control tokens and the end-of-turn token."""
+
+    name: str = ""
+    control_tokens: tuple[str, ...] = ()
+    end_of_turn: str = ""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        added = tokenizer.add_special_tokens([t for t in self.control_tokens if t])
+        self.added_tokens = added
+        self._ids = {t: tokenizer.token_id(t) for t in self.control_tokens if t}
+        missing = [t for t, i in self._ids.items() if i is None]
+        if missing:
+            raise ProtocolError(f"{self.name}: tokenizer {tokenizer.name} has no ids for control tokens {missing}")
+        clash = {}
+        for t, i in self._ids.items():
+            if i in clash and clash[i] != t:
+                raise ProtocolError(f"{self.name}: control tokens {clash[i]!r} and {t!r} share id {i}")
+            clash[i] = t
+
+    # --------------------------------------------------------------------------------------------- to be defined
+    def parts(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Part]:
+        raise NotImplementedError
+
+    def parse(self, ids: Sequence[int]) -> Conversation:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------------------- shared
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.tokenizer.token_id(self.end_of_turn)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Ids at which generation stops: the end-of-turn token (and EOS when it differs)."""
+        ids = [self.end_of_turn_id]
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and eos not in ids:
+            ids.append(eos)
+        return ids
+
+    def render(self, conv: Conversation) -> Rendered:
+        return self.render_batch([conv])[0]
+
+    def render_batch(self, convs: Sequence[Conversation]) -> list[Rendered]:
+        """Render many conversations at once: all text segments go to the tokenizer in one batch."""
+        return self.encode_parts([self.parts(c) for c in convs])
+
+    def prompt(self, conv: Conversation) -> list[int]:
+        """The conversation so far plus the assistant header: the context the engine samples from."""
+        return self.encode_parts([self.parts(conv, add_generation_prompt=True)])[0].ids
+
+    def text(self, conv: Conversation, add_generation_prompt: bool = False) -> str:
+        """The rendered conversation as one string (what a chat template would produce)."""
+        return "".join(p.text if p.text is not None else p.token for p in self.parts(conv, add_generation_prompt))
+
+    def encode_parts(self, batch: Sequence[list[Part]]) -> list[Rendered]:
+        segments: list[str] = []  # all text segments of the batch, encoded together
+        plan: list[list] = []  # per conversation: control ids or (segment index, [(part, start, end), ...])
+        for parts in batch:
+            items, current = [], []
+            for p in parts:
+                if p.token is not None:
+                    if current:
+                        items.append((len(segments), current))
+                        segments.append("".join(q.text for q in current))
+                        current = []
+                    items.append(p)
+                elif p.text:
+                    current.append(p)
+            if current:
+                items.append((len(segments), current))
+                segments.append("".join(q.text for q in current))
+            plan.append(items)
+        multi = {i for items in plan for it in items if isinstance(it, tuple) and len(it[1]) > 1 for i in [it[0]]}
+        encoded_single = dict(zip((i for i in range(len(segments)) if i not in multi),
+                                  self.tokenizer.encode_batch([s for i, s in enumerate(segments) if i not in multi]), strict=True))
+        encoded_multi = dict(zip(sorted(multi), self.tokenizer.encode_with_starts([segments[i] for i in sorted(multi)]), strict=True))
+        out = []
+        for items, parts in zip(plan, batch, strict=True):
+            ids: list[int] = []
+            mask: list[int] = []
+            msg: list[int] = []
+            for it in items:
+                if isinstance(it, Part):
+                    ids.append(self._ids.get(it.token) if it.token in self._ids else self._control_id(it.token))
+                    mask.append(int(it.supervised))
+                    msg.append(it.message)
+                    continue
+                seg, seg_parts = it
+                if len(seg_parts) == 1:
+                    seg_ids = encoded_single[seg]
+                    p = seg_parts[0]
+                    ids.extend(seg_ids)
+                    mask.extend([int(p.supervised)] * len(seg_ids))
+                    msg.extend([p.message] * len(seg_ids))
+                    continue
+                seg_ids, starts = encoded_multi[seg]
+                seg_mask = [0] * len(seg_ids)
+                seg_msg = [NO_MESSAGE] * len(seg_ids)
+                pos, bounds = 0, []
+                for p in seg_parts:
+                    bounds.append((pos, pos + len(p.text), p))
+                    pos += len(p.text)
+                for start, end, p in bounds:  # a token belongs to the part its first character is in ...
+                    for t in range(bisect_left(starts, start), bisect_left(starts, end)):
+                        seg_msg[t] = p.message
+                    if p.supervised:  # ... and a supervised part claims every token that overlaps it
+                        for t in range(token_index_at(starts, start), token_index_at(starts, end - 1) + 1):
+                            seg_mask[t] = 1
+                ids.extend(seg_ids)
+                mask.extend(seg_mask)
+                msg.extend(seg_msg)
+            out.append(Rendered(ids, mask, msg, parts))
+        return out
+
+    def _control_id(self, token: str) -> int:
+        tid = self.tokenizer.token_id(token)
+        if tid is None:
+            raise ProtocolError(f"{self.name}: {token!r} is not a control token of tokenizer {self.tokenizer.name}")
+        self._ids[token] = tid
+        return tid
+
+    # --------------------------------------------------------------------------------------------- parsing helpers
+    def split_control(self, ids: Sequence[int]) -> list[tuple[str, str]]:
+        """Ids -> [("token", "<|im_start|>"), ("text", "user\\n..."), ...]: control tokens apart, text decoded."""
+        by_id = {i: t for t, i in self.tokenizer.special_tokens.items()}
+        out: list[tuple[str, str]] = []
+        run: list[int] = []
+        for i in ids:
+            if i in by_id:
+                if run:
+                    out.append(("text", self.tokenizer.decode(run)))
+                    run = []
+                out.append(("token", by_id[i]))
+            else:
+                if not 0 <= i < len(self.tokenizer):
+                    raise ProtocolError(f"{self.name}: id {i} is outside the vocabulary")
+                run.append(i)
+        if run:
+            out.append(("text", self.tokenizer.decode(run)))
+        return out
+
+    def describe(self) -> dict:
+        return {"name": self.name, "control_tokens": {t: self.tokenizer.token_id(t) for t in self.control_tokens if t},
+                "end_of_turn": self.end_of_turn, "added_tokens": list(self.added_tokens)}

@@ -1,0 +1,392 @@
+"""The `hf` protocol: any Jinja chat template, rendered as transformers renders it, tokenized without injection.
+
+Rendering: message text is escaped (control-token strings become private-use sentinels), the template is rendered, the
+output is split on the control tokens the template placed, and the text between them is un-escaped and encoded with
+special-token parsing off. For a conversation without injected control text the ids equal
+`tokenizer.apply_chat_template(..., tokenize=True)`; with injected text they stay plain text.
+
+Mask: assistant content plus the end-of-turn token that closes it, found in the rendered text (no `{% generation %}`
+markers needed). The end-of-turn token is learned from the template itself.
+
+Fast path: most templates are a fixed string between messages that depends only on the roles around it. When probing
+shows that (the "skeleton" reproduces the template exactly on a battery of shapes and contents), conversations are
+rendered from the skeleton without Jinja; otherwise, or when a conversation uses tools, Jinja renders every time.
+The skeleton is also what `parse` reads ids back with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..conversation import Conversation, Message, ValidationError
+from ..tokenizers import Tokenizer, load_tokenizer
+from .base import NO_MESSAGE, Part, Protocol, ProtocolError
+from .escape import Escaper
+from .jinja_env import GEN_CLOSE, GEN_OPEN, TemplateError, render
+
+_CONTROL_LITERAL = re.compile(r"<\|[^|<>\s'\"]{1,40}\|>|<｜[^｜<>\s'\"]{1,40}｜>")
+END = "$end"
+
+
+def message_dicts(conv: Conversation | Sequence) -> list[dict]:
+    if isinstance(conv, Conversation):
+        return [m.to_dict() | {"role": m.role, "content": m.content} for m in conv.messages]
+    out = []
+    for m in conv:
+        out.append(m.to_dict() if isinstance(m, Message) else dict(m))
+    for d in out:
+        d.pop("train", None)
+    return out
+
+
+class TemplateProtocol(Protocol):
+    name = "hf"
+
+    def __init__(self, template: str, tokenizer: Tokenizer, *, control_tokens: Sequence[str] = (),
+                 bos_token: str | None = None, eos_token: str | None = None, template_vars: dict | None = None,
+                 fast: bool = True):
+        if not isinstance(template, str) or not template.strip():
+            raise ProtocolError("hf: empty chat template")
+        self.template = template
+        literals = _CONTROL_LITERAL.findall(template)
+        self.bos_token = bos_token if bos_token is not None else tokenizer.bos_token
+        self.eos_token = eos_token if eos_token is not None else tokenizer.eos_token
+        wanted = [*control_tokens, *literals, *(t for t in (self.bos_token, self.eos_token) if t)]
+        self.control_tokens = tuple(dict.fromkeys(t for t in wanted if t))
+        super().__init__(tokenizer)
+        self.template_vars = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
+                              "pad_token": tokenizer.pad_token or "", **(template_vars or {})}
+        self._refresh_escaper()
+        self.end_of_turn = self._learn_end_of_turn()
+        self.skeleton = _Skeleton.learn(self) if fast else None
+
+    def _refresh_escaper(self):
+        controls = sorted(set(self.tokenizer.special_tokens) | set(self.control_tokens))
+        self.escaper = Escaper([*controls, GEN_OPEN, GEN_CLOSE])
+        self._splitter = Escaper(controls)
+
+    # ------------------------------------------------------------------------------------------------ text
+    def render_text(self, messages, add_generation_prompt: bool = False, **template_vars) -> str:
+        """The string transformers' `apply_chat_template(..., tokenize=False)` returns for the same inputs."""
+        context = {**self.template_vars, **template_vars}
+        text, _ = render(self.template, messages=message_dicts(messages), add_generation_prompt=add_generation_prompt, **context)
+        return text
+
+    def _render_escaped(self, conv: Conversation, add_generation_prompt: bool, messages=None) -> str:
+        msgs = message_dicts(conv if messages is None else messages)
+        for m in msgs:
+            if isinstance(m.get("content"), str):
+                m["content"] = self.escaper.escape(m["content"])
+        context = dict(self.template_vars)
+        if isinstance(conv, Conversation) and conv.tools:
+            context["tools"] = conv.tools
+        text, _ = render(self.template, messages=msgs, add_generation_prompt=add_generation_prompt, **context)
+        return text
+
+    def _learn_end_of_turn(self) -> str:
+        probe = Conversation([Message("user", "Hi"), Message("assistant", "Answer\u2063text")])
+        try:
+            text = self._render_escaped(probe, False)
+        except TemplateError as e:
+            raise ProtocolError(f"hf: the template cannot render a plain user/assistant exchange: {e}") from e
+        at = text.rfind("Answer\u2063text")
+        if at < 0:
+            raise ProtocolError("hf: the template does not render assistant content verbatim; cannot find the turn end")
+        for kind, value, _ in self._splitter.split(text[at:]):
+            if kind == "token":
+                return value
+        raise ProtocolError("hf: no control token closes an assistant turn in this template; pass control_tokens= "
+                            "with its end-of-turn token (e.g. '<end_of_turn>') or use a tokenizer that has it")
+
+    # ------------------------------------------------------------------------------------------------ parts
+    def parts(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Part]:
+        if self.skeleton is not None and self.skeleton.covers(conv):
+            return self.skeleton.parts(conv, add_generation_prompt)
+        return self._parts_jinja(conv, add_generation_prompt)
+
+    def _parts_jinja(self, conv: Conversation, add_generation_prompt: bool) -> list[Part]:
+        full = self._render_escaped(conv, add_generation_prompt)
+        cursor = 0
+        regions: list[tuple[int, int, int, bool]] = []  # (start, end, message, supervised)
+        region_start = 0
+        for i, m in enumerate(conv.messages):
+            target = self.escaper.escape(m.content)
+            search_from = cursor
+            if m.role == "assistant":
+                prefix = self._render_escaped(conv, True, conv.messages[:i])
+                if full.startswith(prefix) and len(prefix) >= cursor:
+                    search_from = len(prefix)
+            at = full.find(target, search_from) if target else -1
+            if at < 0 and target.strip():
+                at = full.find(target.strip(), search_from)
+                target = target.strip()
+            if at < 0:
+                if m.role == "assistant" and (m.train and not m.tool_calls):
+                    raise ProtocolError(f"hf: the template changes the text of assistant message {i}; cannot place its loss "
+                                        "mask (use a template that renders assistant content verbatim)")
+                at = search_from
+                target = ""
+            end = at + len(target)
+            if m.role == "assistant":
+                turn_end = full.find(self.end_of_turn, end)
+                if turn_end < 0:
+                    raise ProtocolError(f"hf: assistant message {i} is not closed by {self.end_of_turn!r} in the rendering")
+                turn_end += len(self.end_of_turn)
+                regions.append((region_start, at, i, False))
+                regions.append((at, turn_end, i, m.train))
+                region_start = cursor = turn_end
+            else:
+                regions.append((region_start, end, i, False))
+                region_start = cursor = end
+        regions.append((region_start, len(full), NO_MESSAGE, False))
+        return self._cut(full, regions)
+
+    def _cut(self, full: str, regions) -> list[Part]:
+        out: list[Part] = []
+        pieces = self._splitter.split(full)
+        for kind, value, start in pieces:
+            end = start + len(value)
+            for r_start, r_end, message, supervised in regions:
+                a, b = max(start, r_start), min(end, r_end)
+                if a >= b:
+                    continue
+                if kind == "token":
+                    out.append(Part(token=value, message=message, supervised=supervised))
+                    break
+                out.append(Part(text=self.escaper.unescape(full[a:b]), message=message, supervised=supervised))
+        return out
+
+    # ------------------------------------------------------------------------------------------------ parse
+    def parse(self, ids: Sequence[int]) -> Conversation:
+        if self.skeleton is None:
+            raise ProtocolError("hf: this template is not regular enough to be parsed back (no skeleton)")
+        s = "".join(v if k == "token" else self.escaper.escape(v) for k, v in self.split_control(ids))
+        messages = self.skeleton.parse(s)
+        if messages is None:
+            raise ProtocolError(f"hf: ids do not follow this chat template: {self.escaper.unescape(s[:80])!r}...")
+        try:
+            return Conversation([Message(r, self.escaper.unescape(c)) for r, c in messages]).validate()
+        except ValidationError as e:
+            raise ProtocolError(f"hf: parsed conversation is not valid: {e}") from e
+
+    @property
+    def chat_template(self) -> str:
+        return self.template
+
+
+class _Skeleton:
+    """The template as fixed strings between message contents, keyed by the roles around them (see module doc)."""
+
+    ROLES = ("system", "user", "assistant")
+    PROBE_TEXTS = ("P", " spaced out \n", "\nnew\nlines\n\n", "<think>x</think> y", "  ", "tab\there")
+
+    def __init__(self, proto: TemplateProtocol):
+        self.proto = proto
+        self.first: dict[tuple, str] = {}  # (first role, second role or END, gen) -> text before the first content
+        self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
+        self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
+
+    @classmethod
+    def learn(cls, proto: TemplateProtocol) -> _Skeleton | None:
+        sk = cls(proto)
+        shapes = [("user", "assistant"), ("system", "user", "assistant"), ("user", "assistant", "user", "assistant"),
+                  ("system", "user", "assistant", "user", "assistant", "user"), ("user",), ("system", "user"),
+                  ("user", "assistant", "user"), ("system", "user", "assistant", "user", "assistant")]
+        try:
+            for shape in shapes:
+                for gen in (False, True):
+                    if not sk._observe(shape, gen):
+                        return None
+            for k, shape in enumerate(shapes):  # verify on other contents: whitespace, newlines, think tags ...
+                for gen in (False, True):
+                    texts = [cls.PROBE_TEXTS[(k + j) % len(cls.PROBE_TEXTS)] + f"{j}" for j in range(len(shape))]
+                    conv = Conversation([Message(r, t) for r, t in zip(shape, texts, strict=True)])
+                    expected = proto._render_escaped(conv, gen)
+                    if sk._text(conv, gen) != expected:
+                        return None
+        except (TemplateError, KeyError, ProtocolError):
+            return None
+        return sk
+
+    def _observe(self, shape, gen) -> bool:
+        marks = [f"\u2063M{j}\u2063" for j in range(len(shape))]
+        conv = Conversation([Message(r, t) for r, t in zip(shape, marks, strict=True)])
+        text = self.proto._render_escaped(conv, gen)
+        pos, cuts = 0, []
+        for mark in marks:
+            at = text.find(mark, pos)
+            if at < 0 or text.count(mark) != 1:
+                return False
+            cuts.append((at, at + len(mark)))
+            pos = at + len(mark)
+        entries = [(self.first, (shape[0], shape[1] if len(shape) > 1 else END, gen), text[: cuts[0][0]])]
+        for j in range(len(shape) - 1):
+            entries.append((self.gap, (shape[j], shape[j + 1], j == 0), text[cuts[j][1]: cuts[j + 1][0]]))
+        entries.append((self.last, (shape[-1], len(shape) == 1, gen), text[cuts[-1][1]:]))
+        for table, key, value in entries:
+            if table.setdefault(key, value) != value:
+                return False
+        return True
+
+    def covers(self, conv: Conversation) -> bool:
+        if conv.tools:
+            return False
+        n = len(conv.messages)
+        for j, m in enumerate(conv.messages):
+            if m.role not in self.ROLES or m.tool_calls or m.name or m.tool_call_id:
+                return False
+            nxt = conv.messages[j + 1].role if j + 1 < n else END
+            if j == 0 and (m.role, nxt, False) not in self.first:
+                return False
+            if j + 1 < n and (m.role, nxt, j == 0) not in self.gap:
+                return False
+        return (conv.messages[-1].role, n == 1, False) in self.last
+
+    def _pieces(self, conv: Conversation, gen: bool) -> list[str]:
+        msgs = conv.messages
+        out = [self.first[(msgs[0].role, msgs[1].role if len(msgs) > 1 else END, gen)]]
+        for j, m in enumerate(msgs):
+            out.append(self.proto.escaper.escape(m.content))
+            if j + 1 < len(msgs):
+                out.append(self.gap[(m.role, msgs[j + 1].role, j == 0)])
+        out.append(self.last[(msgs[-1].role, len(msgs) == 1, gen)])
+        return out
+
+    def _text(self, conv: Conversation, gen: bool) -> str:
+        return "".join(self._pieces(conv, gen))
+
+    def parts(self, conv: Conversation, gen: bool) -> list[Part]:
+        pieces = self._pieces(conv, gen)
+        eot = self.proto.end_of_turn
+        regions, pos, region_start = [], 0, 0
+        pos += len(pieces[0])
+        for j, m in enumerate(conv.messages):
+            content, after = pieces[1 + 2 * j], pieces[2 + 2 * j]
+            start, end = pos, pos + len(content)
+            if m.role == "assistant":
+                k = after.find(eot)
+                if k < 0:
+                    raise ProtocolError(f"hf: assistant message {j} is not closed by {eot!r} in this template")
+                regions.append((region_start, start, j, False))
+                regions.append((start, end + k + len(eot), j, m.train))
+                region_start = end + k + len(eot)
+            else:
+                regions.append((region_start, end, j, False))
+                region_start = end
+            pos = end + len(after)
+        text = "".join(pieces)
+        regions.append((region_start, len(text), NO_MESSAGE, False))
+        return self.proto._cut(text, regions)
+
+    def parse(self, s: str) -> list[tuple[str, str]] | None:
+        splitter = self.proto._splitter
+
+        def next_control(pos):
+            m = splitter.control_re.search(s, pos) if splitter.control_re else None
+            return m.start() if m else len(s)
+
+        def match_gap(pos, gap) -> int | None:
+            """Where the content starting at `pos` ends if `gap` follows it; None if it cannot."""
+            first = splitter.control_re.search(gap) if splitter.control_re else None
+            if first is None:
+                at = s.find(gap, pos)
+                return at if at >= 0 else None
+            lead = gap[: first.start()]
+            k = next_control(pos)
+            end = k - len(lead)
+            if end >= pos and s.startswith(gap, end):
+                return end
+            return None
+
+        def walk(pos, role, index, gen_used) -> list | None:
+            options = []
+            for (r, is_first, gen), tail in self.last.items():
+                if r == role and is_first == (index == 0):
+                    end = match_gap(pos, tail) if tail else len(s)
+                    if end is not None and end + len(tail) == len(s):
+                        options.append([(role, s[pos:end])])
+            for (r, nxt, is_first), gap in self.gap.items():
+                if r == role and is_first == (index == 0) and gap:
+                    end = match_gap(pos, gap)
+                    if end is not None:
+                        rest = walk(end + len(gap), nxt, index + 1, gen_used)
+                        if rest is not None:
+                            options.append([(role, s[pos:end]), *rest])
+            return max(options, key=len) if options else None
+
+        best = None
+        for (role, _, _gen), head in sorted(self.first.items(), key=lambda kv: -len(kv[1])):
+            if s.startswith(head):
+                found = walk(len(head), role, 0, False)
+                if found is not None and (best is None or len(found) > len(best)):
+                    best = found
+        return best
+
+
+# ---------------------------------------------------------------------------------------------------------- sources
+
+
+def read_template_source(source: str | Path) -> tuple[str, dict]:
+    """A chat template and what its tokenizer config says (bos/eos, special added tokens) from: a template string,
+    a `.jinja` file, a `tokenizer_config.json`, or a model directory (`chat_template.jinja` wins, as in transformers)."""
+    info: dict = {"control_tokens": []}
+    text = str(source)
+    if isinstance(source, str) and ("{%" in source or "{{" in source):
+        return source, info
+    path = Path(text)
+    if path.is_dir():
+        jinja_file = path / "chat_template.jinja"
+        config = path / "tokenizer_config.json"
+        if config.exists():
+            _, info = read_template_source(config) if _config_has_template(config) else ("", _config_info(config))
+        if jinja_file.exists():
+            return jinja_file.read_text(encoding="utf-8"), info
+        if config.exists() and _config_has_template(config):
+            return read_template_source(config)
+        raise FileNotFoundError(f"{path}: no chat_template.jinja and no chat_template in tokenizer_config.json")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such template file (and not a template string)")
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        template = data.get("chat_template")
+        if isinstance(template, list):
+            named = {t.get("name"): t.get("template") for t in template}
+            template = named.get("default") or next(iter(named.values()), None)
+        if not isinstance(template, str):
+            raise ValueError(f"{path}: chat_template: missing (this tokenizer_config.json has no chat template)")
+        return template, _config_info(path, data)
+    return path.read_text(encoding="utf-8"), info
+
+
+def _config_has_template(path: Path) -> bool:
+    return bool(json.loads(path.read_text(encoding="utf-8")).get("chat_template"))
+
+
+def _token_str(v):
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def _config_info(path: Path, data: dict | None = None) -> dict:
+    data = data if data is not None else json.loads(path.read_text(encoding="utf-8"))
+    specials = [v.get("content") for v in (data.get("added_tokens_decoder") or {}).values() if v.get("special")]
+    specials += [_token_str(t) for t in data.get("additional_special_tokens") or []]
+    return {"control_tokens": [t for t in specials if t], "bos_token": _token_str(data.get("bos_token")),
+            "eos_token": _token_str(data.get("eos_token"))}
+
+
+def from_template(source: str | Path, tokenizer: Tokenizer | str | Path | None = None, **kw) -> TemplateProtocol:
+    """An `hf` protocol from a template string, `.jinja` file, `tokenizer_config.json` or model directory."""
+    template, info = read_template_source(source)
+    if tokenizer is None:
+        if Path(str(source)).is_dir():
+            tokenizer = load_tokenizer(source)
+        else:
+            raise ValueError("from_template needs a tokenizer unless the source is a model directory")
+    tokenizer = load_tokenizer(tokenizer)
+    kw.setdefault("control_tokens", info.get("control_tokens", []))
+    kw.setdefault("bos_token", info.get("bos_token"))
+    kw.setdefault("eos_token", info.get("eos_token"))
+    return TemplateProtocol(template, tokenizer, **kw)
