@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import copy
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,7 +116,7 @@ class HFTokenizer(Tokenizer):
             if added.special:
                 self._special[added.content] = tid
         self._bytes_cache: dict[int, bytes] = {}
-        self._byte_level = "ByteLevel" in json.dumps(json.loads(self._text.to_str()).get("decoder") or {})
+        self._byte_level = _is_byte_level(rust.decoder)
         self.bos_token, self.eos_token, self.pad_token = self.hf.bos_token, self.hf.eos_token, self.hf.pad_token
 
     def encode(self, text: str) -> list[int]:
@@ -158,10 +157,16 @@ class HFTokenizer(Tokenizer):
     def add_special_tokens(self, tokens: Sequence[str]) -> list[str]:
         missing = [t for t in tokens if t not in self._special]
         if missing:
+            from tokenizers import AddedToken
+
             with self._lock:
                 self.hf.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False) \
                     if _accepts_replace_kw(self.hf) else self.hf.add_special_tokens({"additional_special_tokens": missing})
-                self._refresh()
+                self._text.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+                for t in missing:
+                    self._special[t] = self.hf.convert_tokens_to_ids(t)
+                if any(self._text.token_to_id(t) != self._special[t] for t in missing):
+                    self._refresh()  # the two copies disagree on ids: rebuild ours from the transformers one
         return missing
 
     def __len__(self) -> int:
@@ -169,6 +174,16 @@ class HFTokenizer(Tokenizer):
 
     def save(self, directory: str | Path) -> None:
         self.hf.save_pretrained(str(directory))
+
+
+def _is_byte_level(decoder) -> bool:
+    from tokenizers import decoders
+
+    if decoder is None:
+        return False
+    if isinstance(decoder, decoders.ByteLevel):
+        return True
+    return isinstance(decoder, decoders.Sequence) and "ByteLevel" in repr(decoder)
 
 
 def _accepts_replace_kw(hf) -> bool:

@@ -25,7 +25,7 @@ from ..conversation import Conversation, Message, ValidationError
 from ..tokenizers import Tokenizer, load_tokenizer
 from .base import NO_MESSAGE, Part, Protocol, ProtocolError
 from .escape import Escaper
-from .jinja_env import GEN_CLOSE, GEN_OPEN, TemplateError, render
+from .jinja_env import GEN_CLOSE, GEN_OPEN, TemplateError, compile_template, render
 
 _CONTROL_LITERAL = re.compile(r"<\|[^|<>\s'\"]{1,40}\|>|<｜[^｜<>\s'\"]{1,40}｜>")
 END = "$end"
@@ -50,6 +50,7 @@ class TemplateProtocol(Protocol):
                  fast: bool = True):
         if not isinstance(template, str) or not template.strip():
             raise ProtocolError("hf: empty chat template")
+        compile_template(template)  # a syntax error is reported as such, before anything else
         self.template = template
         literals = _CONTROL_LITERAL.findall(template)
         self.bos_token = bos_token if bos_token is not None else tokenizer.bos_token
@@ -123,6 +124,11 @@ class TemplateProtocol(Protocol):
             if at < 0 and target.strip():
                 at = full.find(target.strip(), search_from)
                 target = target.strip()
+            if at >= 0 and m.role != "assistant" and i + 1 < len(conv.messages):
+                following = self.escaper.escape(conv.messages[i + 1].content).strip()
+                nxt = full.find(following, cursor) if following else -1
+                if 0 <= nxt < at:  # the template moved this message later (e.g. system into the last user turn)
+                    at, target = -1, ""
             if at < 0:
                 if m.role == "assistant" and (m.train and not m.tool_calls):
                     raise ProtocolError(f"hf: the template changes the text of assistant message {i}; cannot place its loss "
@@ -132,9 +138,12 @@ class TemplateProtocol(Protocol):
             end = at + len(target)
             if m.role == "assistant":
                 turn_end = full.find(self.end_of_turn, end)
-                if turn_end < 0:
-                    raise ProtocolError(f"hf: assistant message {i} is not closed by {self.end_of_turn!r} in the rendering")
-                turn_end += len(self.end_of_turn)
+                following = self.escaper.escape(conv.messages[i + 1].content).strip() if i + 1 < len(conv.messages) else ""
+                nxt = full.find(following, end) if following else -1
+                if turn_end < 0 or 0 <= nxt < turn_end:  # this template leaves the turn open: supervise the content
+                    turn_end = end
+                else:
+                    turn_end += len(self.end_of_turn)
                 regions.append((region_start, at, i, False))
                 regions.append((at, turn_end, i, m.train))
                 region_start = cursor = turn_end
@@ -183,15 +192,20 @@ class _Skeleton:
     ROLES = ("system", "user", "assistant")
     PROBE_TEXTS = ("P", " spaced out \n", "\nnew\nlines\n\n", "<think>x</think> y", "  ", "tab\there")
 
-    def __init__(self, proto: TemplateProtocol):
+    def __init__(self, proto: TemplateProtocol, trim: bool = False):
         self.proto = proto
+        self.trim = trim  # the template strips message content (`content | trim`), e.g. Llama 3
         self.first: dict[tuple, str] = {}  # (first role, second role or END, gen) -> text before the first content
         self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
         self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
 
     @classmethod
     def learn(cls, proto: TemplateProtocol) -> _Skeleton | None:
-        sk = cls(proto)
+        return cls._learn(proto, trim=False) or cls._learn(proto, trim=True)
+
+    @classmethod
+    def _learn(cls, proto: TemplateProtocol, trim: bool) -> _Skeleton | None:
+        sk = cls(proto, trim)
         shapes = [("user", "assistant"), ("system", "user", "assistant"), ("user", "assistant", "user", "assistant"),
                   ("system", "user", "assistant", "user", "assistant", "user"), ("user",), ("system", "user"),
                   ("user", "assistant", "user"), ("system", "user", "assistant", "user", "assistant")]
@@ -249,7 +263,7 @@ class _Skeleton:
         msgs = conv.messages
         out = [self.first[(msgs[0].role, msgs[1].role if len(msgs) > 1 else END, gen)]]
         for j, m in enumerate(msgs):
-            out.append(self.proto.escaper.escape(m.content))
+            out.append(self.proto.escaper.escape(m.content.strip() if self.trim else m.content))
             if j + 1 < len(msgs):
                 out.append(self.gap[(m.role, msgs[j + 1].role, j == 0)])
         out.append(self.last[(msgs[-1].role, len(msgs) == 1, gen)])
@@ -268,11 +282,10 @@ class _Skeleton:
             start, end = pos, pos + len(content)
             if m.role == "assistant":
                 k = after.find(eot)
-                if k < 0:
-                    raise ProtocolError(f"hf: assistant message {j} is not closed by {eot!r} in this template")
+                turn_end = end + k + len(eot) if k >= 0 else end  # a turn the template leaves open: content only
                 regions.append((region_start, start, j, False))
-                regions.append((start, end + k + len(eot), j, m.train))
-                region_start = end + k + len(eot)
+                regions.append((start, turn_end, j, m.train))
+                region_start = turn_end
             else:
                 regions.append((region_start, end, j, False))
                 region_start = end
@@ -303,7 +316,7 @@ class _Skeleton:
 
         def walk(pos, role, index, gen_used) -> list | None:
             options = []
-            for (r, is_first, gen), tail in self.last.items():
+            for (r, is_first, _gen), tail in self.last.items():
                 if r == role and is_first == (index == 0):
                     end = match_gap(pos, tail) if tail else len(s)
                     if end is not None and end + len(tail) == len(s):
@@ -317,13 +330,12 @@ class _Skeleton:
                             options.append([(role, s[pos:end]), *rest])
             return max(options, key=len) if options else None
 
-        best = None
         for (role, _, _gen), head in sorted(self.first.items(), key=lambda kv: -len(kv[1])):
-            if s.startswith(head):
+            if s.startswith(head):  # the longest head first: a default system prompt is the template's, not a message
                 found = walk(len(head), role, 0, False)
-                if found is not None and (best is None or len(found) > len(best)):
-                    best = found
-        return best
+                if found is not None:
+                    return found
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------- sources
