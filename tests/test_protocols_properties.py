@@ -43,7 +43,7 @@ def conversations(text=content, trim=False):
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def builtin(name: str, tok: str):
     path = GPT2_JSON if tok == "gpt2" else O200K
     if not path.exists():
@@ -81,7 +81,7 @@ SKELETON_TEMPLATES = ["hf_tokenizer_configs/Qwen2.5-1.5B-Instruct.tokenizer_conf
                       "hf_tokenizer_configs/DeepSeek-V3.chat_template.jinja"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def template_protocol(path: str):
     if not GPT2_JSON.exists():
         pytest.skip("gpt2 tokenizer fixture missing")

@@ -198,6 +198,7 @@ class _Skeleton:
         self.first: dict[tuple, str] = {}  # (first role, second role or END, gen) -> text before the first content
         self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
         self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
+        self._split_cache: dict[str, list] = {}
 
     @classmethod
     def learn(cls, proto: TemplateProtocol) -> _Skeleton | None:
@@ -273,26 +274,37 @@ class _Skeleton:
         return "".join(self._pieces(conv, gen))
 
     def parts(self, conv: Conversation, gen: bool) -> list[Part]:
-        pieces = self._pieces(conv, gen)
-        eot = self.proto.end_of_turn
-        regions, pos, region_start = [], 0, 0
-        pos += len(pieces[0])
-        for j, m in enumerate(conv.messages):
-            content, after = pieces[1 + 2 * j], pieces[2 + 2 * j]
-            start, end = pos, pos + len(content)
-            if m.role == "assistant":
-                k = after.find(eot)
-                turn_end = end + k + len(eot) if k >= 0 else end  # a turn the template leaves open: content only
-                regions.append((region_start, start, j, False))
-                regions.append((start, turn_end, j, m.train))
-                region_start = turn_end
-            else:
-                regions.append((region_start, end, j, False))
-                region_start = end
-            pos = end + len(after)
-        text = "".join(pieces)
-        regions.append((region_start, len(text), NO_MESSAGE, False))
-        return self.proto._cut(text, regions)
+        msgs = conv.messages
+        escape = self.proto.escaper.escape
+        n = len(msgs)
+        out = self._gap_parts(self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)], NO_MESSAGE, False, 0)
+        for j, m in enumerate(msgs):
+            supervised = m.role == "assistant" and m.train
+            text = m.content.strip() if self.trim else m.content
+            out.append(Part(text=escape(text) if text else "", message=j, supervised=supervised))
+            gap = self.gap[(m.role, msgs[j + 1].role, j == 0)] if j + 1 < n else self.last[(m.role, n == 1, gen)]
+            out += self._gap_parts(gap, j, supervised, j + 1 if j + 1 < n else NO_MESSAGE)
+        for p in out:
+            if p.text is not None and self.proto.escaper.ESCAPE_CHAR in p.text:
+                p.text = self.proto.escaper.unescape(p.text)
+        return out
+
+    def _gap_parts(self, gap: str, before: int, supervised: bool, after: int) -> list[Part]:
+        """The fixed text between two contents as parts: up to the first control token it closes the message before
+        (supervised through the end-of-turn token when that message is a trained assistant turn), then it opens the next."""
+        pieces = self._split_cache.get(gap)
+        if pieces is None:
+            pieces = [(kind, value) for kind, value, _ in self.proto._splitter.split(gap)]
+            first_control = next((i for i, (k, _) in enumerate(pieces) if k == "token"), -1)
+            eot = next((i for i, (k, v) in enumerate(pieces) if k == "token" and v == self.proto.end_of_turn), -1)
+            pieces = self._split_cache[gap] = [(k, v, i <= first_control, i <= eot) for i, (k, v) in enumerate(pieces)]
+        out = []
+        for kind, value, closes, in_turn in pieces:
+            owner = before if closes and before != NO_MESSAGE else after
+            sup = supervised and in_turn
+            out.append(Part(token=value, message=owner, supervised=sup) if kind == "token"
+                       else Part(text=value, message=owner, supervised=sup))
+        return out
 
     def parse(self, s: str) -> list[tuple[str, str]] | None:
         splitter = self.proto._splitter
