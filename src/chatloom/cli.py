@@ -18,7 +18,7 @@ app = typer.Typer(help="chatloom: post-train language models on conversations.",
 tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 PACKAGE_DIR = Path(__file__).parent
 EXAMPLE = PACKAGE_DIR / "examples" / "seed.jsonl"
