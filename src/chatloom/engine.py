@@ -254,9 +254,10 @@ class Engine:
         out = self.model(input_ids=input_ids, attention_mask=mask if padded else None, position_ids=position_ids,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         active = list(range(len(rows)))
+        vocab = len(self.tokenizer)
         positions = mask.sum(-1)  # next position of each row
         while True:
-            logits = out.logits[:, -1, :].float()
+            logits = out.logits[:, -1, :vocab].float()  # rows past the tokenizer (padded vocabularies) never win
             tokens = self._sample(logits, [rows[i] for i in active])
             keep = []
             for k, i in enumerate(active):
