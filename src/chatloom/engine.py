@@ -118,11 +118,13 @@ class TextStream:
 
 @dataclass
 class Request:
-    """One row of a batch: its prompt, parameters, and where its text goes (`on_delta(text)`, called from the loop)."""
+    """One row of a batch: its prompt, parameters, and where its text goes (`on_delta(text)` and `on_finish(completion)`,
+    called from the decoding thread). Setting `cancelled` ends the row at the next step (finish_reason "length")."""
 
     prompt_ids: list[int]
     params: SamplingParams
     on_delta: Callable[[str], None] | None = None
+    on_finish: Callable[[Completion], None] | None = None
     dropped_messages: int = 0
     max_new: int = 0  # max_tokens after fitting the context window
     cancelled: bool = False
@@ -201,10 +203,11 @@ class Engine:
             yield "".join(out)
         self.last_completion = request.completion
 
-    def request(self, conv: Conversation, params: SamplingParams, on_delta=None) -> Request:
+    def request(self, conv: Conversation, params: SamplingParams, on_delta=None, on_finish=None) -> Request:
         """A Request for `conv`, fitted to the context window (raises ContextWindowError if it cannot fit)."""
         prompt, dropped = self.fit_prompt(conv, params.max_tokens)
-        return Request(prompt, params, on_delta, dropped, max_new=min(params.max_tokens, self.max_context - len(prompt)))
+        return Request(prompt, params, on_delta, on_finish, dropped,
+                       max_new=min(params.max_tokens, self.max_context - len(prompt)))
 
     def fit_prompt(self, conv: Conversation, max_tokens: int) -> tuple[list[int], int]:
         """Prompt ids leaving room for the reply: drop the oldest turns (never the system message, never the last
@@ -361,6 +364,8 @@ class _Row:
             request.on_delta(delta)
         request.completion = Completion(self.text.text, list(request.ids), reason, len(request.prompt_ids),
                                         len(request.ids), request.dropped_messages)
+        if request.on_finish:
+            request.on_finish(request.completion)
         return True
 
 
