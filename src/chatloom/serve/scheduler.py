@@ -49,6 +49,7 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
         self.batches = 0
+        self.largest_batch = 0
 
     @property
     def waiting(self) -> int:
@@ -113,6 +114,7 @@ class Scheduler:
             if not requests:
                 continue
             self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(requests))
             try:
                 for _ in self.engine.run(requests):
                     pass
