@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_engine import make_tiny_model_dir
+from .test_engine import make_tiny_model_dir
 
 from chatloom.conversation import load
 

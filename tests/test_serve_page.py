@@ -7,8 +7,8 @@ import shutil
 import time
 
 import pytest
-from test_engine import ScriptedLM, make_tiny_model_dir
-from test_serve import running
+from .test_engine import ScriptedLM, make_tiny_model_dir
+from .test_serve import running
 
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
