@@ -103,8 +103,9 @@ def bench_models(args) -> dict:
 def bench_server(args) -> dict:
     """8 concurrent OpenAI clients against a real uvicorn server on loopback."""
     import uvicorn
-    from chatloom.serve.app import create_app
     from openai import OpenAI
+
+    from chatloom.serve.app import create_app
 
     dtype = getattr(torch, args.dtype[-1])
     model, proto = build(dtype)
