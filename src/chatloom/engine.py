@@ -150,8 +150,11 @@ class Engine:
                              f"(protocol {protocol.name} control tokens missing from the model?)")
 
     @classmethod
-    def from_pretrained(cls, model_dir, protocol: Protocol | str | None = None, dtype=None, max_context: int | None = None) -> Engine:
-        """Load a model directory (HF format). `protocol`: a Protocol, a name, or None for `protocols.for_model(dir)`."""
+    def from_pretrained(cls, model_dir, protocol: Protocol | str | None = None, dtype=None, max_context: int | None = None,
+                        quantize: str | None = None) -> Engine:
+        """Load a model directory (HF format). `protocol`: a Protocol, a name, or None for `protocols.for_model(dir)`;
+        `dtype`: e.g. "bfloat16" (about 1.7x faster decoding on AVX-512 bf16 CPUs); `quantize="int8"`: dynamic int8
+        weights for the linear layers (CPU; a quarter of the fp32 weight bytes per token, small accuracy loss)."""
         from transformers import AutoModelForCausalLM
 
         from . import protocols
@@ -169,6 +172,8 @@ class Engine:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype or "auto")
         if model.get_input_embeddings().weight.shape[0] < len(protocol.tokenizer):
             model.resize_token_embeddings(len(protocol.tokenizer))
+        if quantize:
+            model = quantize_weights(model, quantize)
         engine = cls(model, protocol, max_context=max_context)
         engine.name = model_dir.name
         meta = model_dir / "chatloom.json"
@@ -367,6 +372,21 @@ class _Row:
         if request.on_finish:
             request.on_finish(request.completion)
         return True
+
+
+def quantize_weights(model, scheme: str = "int8"):
+    """Dynamic int8 quantization of every nn.Linear (weights int8, activations quantized on the fly), for CPU decoding."""
+    import warnings
+
+    if scheme != "int8":
+        raise ValueError(f"unknown quantization {scheme!r}; supported: int8")
+    if model.dtype != torch.float32:
+        model = model.float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def with_reply(conv: Conversation, completion: Completion) -> Conversation:
