@@ -163,6 +163,14 @@ def test_long_chat_drops_oldest_turns_but_keeps_the_system_message(engine):
         small.generate([Conversation.of("word " * 400)], GREEDY)
 
 
+def test_int8_weights_decode_like_fp32(tiny_model_dir):
+    int8 = Engine.from_pretrained(tiny_model_dir, quantize="int8")
+    fp32 = Engine.from_pretrained(tiny_model_dir)
+    a, b = int8.generate(CONVS, GREEDY), fp32.generate(CONVS, GREEDY)
+    same = sum(x == y for p, q in zip(a, b, strict=True) for x, y in zip(p.ids, q.ids, strict=False))
+    assert all(c.completion_tokens > 0 for c in a) and same >= 0.5 * sum(len(c.ids) for c in b)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufffd"), max_size=40),
        st.integers(0, 2**32))

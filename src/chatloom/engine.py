@@ -144,7 +144,7 @@ class Engine:
         self.stop_ids = set(protocol.stop_ids)
         self.pad_id = next(iter(self.stop_ids))
         self.lock = threading.Lock()
-        rows = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else None
+        rows = getattr(config, "vocab_size", None)
         if rows is not None and rows < len(self.tokenizer):
             raise ValueError(f"model has {rows} output rows but the tokenizer has {len(self.tokenizer)} tokens "
                              f"(protocol {protocol.name} control tokens missing from the model?)")
@@ -175,6 +175,8 @@ class Engine:
         if quantize:
             model = quantize_weights(model, quantize)
         engine = cls(model, protocol, max_context=max_context)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        engine.stop_ids |= {i for i in ([eos] if isinstance(eos, int) else eos or []) if 0 <= i < len(protocol.tokenizer)}
         engine.name = model_dir.name
         meta = model_dir / "chatloom.json"
         if meta.exists():
