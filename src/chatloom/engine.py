@@ -176,7 +176,8 @@ class Engine:
             model = quantize_weights(model, quantize)
         engine = cls(model, protocol, max_context=max_context)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        engine.stop_ids |= {i for i in ([eos] if isinstance(eos, int) else eos or []) if 0 <= i < len(protocol.tokenizer)}
+        special = set(protocol.tokenizer.special_tokens.values())  # a default config's eos=2 may be an ordinary token
+        engine.stop_ids |= {i for i in ([eos] if isinstance(eos, int) else eos or []) if i in special}
         engine.name = model_dir.name
         meta = model_dir / "chatloom.json"
         if meta.exists():
