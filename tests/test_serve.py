@@ -10,10 +10,11 @@ import time
 import httpx
 import openai
 import pytest
-from test_engine import make_tiny_model_dir
 
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
+
+from .test_engine import make_tiny_model_dir
 
 KEY = "sk-test-123"
 

@@ -20,7 +20,7 @@ tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BP
 app.add_typer(tokenizer_app, name="tokenizer")
 app.command("chat")(serve_cli.chat); app.command("serve")(serve_cli.serve)  # noqa: E702
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 PACKAGE_DIR = Path(__file__).parent
 EXAMPLE = PACKAGE_DIR / "examples" / "seed.jsonl"
