@@ -188,15 +188,17 @@ class Engine:
     meta: dict = {}
 
     # ------------------------------------------------------------------------------------------------ public API
-    def generate(self, convs: Sequence[Conversation], params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Completion]:
-        """Complete every conversation (one batch); `params` is shared or one per conversation."""
+    def generate(self, convs: Sequence[Conversation], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 batch_size: int = 16) -> list[Completion]:
+        """Complete every conversation, `batch_size` at a time; `params` is shared or one per conversation."""
         params = params or SamplingParams()
         plist = [params] * len(convs) if isinstance(params, SamplingParams) else list(params)
         if len(plist) != len(convs):
             raise ValueError(f"{len(convs)} conversations but {len(plist)} SamplingParams")
         requests = [self.request(c, p) for c, p in zip(convs, plist, strict=True)]
-        for _ in self.run(requests):
-            pass
+        for start in range(0, len(requests), batch_size):
+            for _ in self.run(requests[start:start + batch_size]):
+                pass
         return [r.completion for r in requests]
 
     def stream(self, conv: Conversation, params: SamplingParams | None = None) -> Iterator[str]:
