@@ -1,6 +1,8 @@
 """Decoding speed: chatloom's engine versus transformers `generate()` on the same model and prompts (greedy).
 
-The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
+Contenders: `chatloom` (the engine's lean Llama decoder), `chatloom_transformers_forward` (the engine's loop over the
+transformers forward, the path for non-Llama models), `chatloom_int8` (--int8: dynamic int8 weights) and
+`transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
 built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
 numbers are new tokens per second of the same work. Optionally (--server) it also measures an OpenAI-compatible
 `chatloom serve` with 8 concurrent clients. Timings on a shared CPU are noisy: read the ratios, measured in the same run.
@@ -46,8 +48,8 @@ def build(dtype: torch.dtype):
     return model, proto
 
 
-def no_stop_engine(model, proto) -> Engine:
-    engine = Engine(model, proto)
+def no_stop_engine(model, proto, fast: bool = True) -> Engine:
+    engine = Engine(model, proto, fast=fast)
     engine.stop_ids = set()  # generate exactly max_tokens, like generate(min_new_tokens=...)
     return engine
 
@@ -80,6 +82,8 @@ def bench_models(args) -> dict:
     for dtype_name in args.dtype:
         model, proto = build(getattr(torch, dtype_name))
         contenders = {"chatloom": lambda convs, e=no_stop_engine(model, proto): time_engine(e, convs, args.new),
+                      "chatloom_transformers_forward": lambda convs, e=no_stop_engine(model, proto, fast=False):
+                          time_engine(e, convs, args.new),
                       "transformers_generate": lambda convs, m=model, p=proto: time_hf(m, p, convs, args.new)}
         if dtype_name == "float32" and args.int8:
             quantized = no_stop_engine(quantize_weights(model), proto)

@@ -91,6 +91,16 @@ def test_greedy_with_kv_cache_equals_full_recompute(engine):
         assert c.completion_tokens == len(c.ids) > 0
 
 
+def test_lean_llama_decoder_equals_the_transformers_forward(tiny_model_dir):
+    fast = Engine.from_pretrained(tiny_model_dir)
+    slow = Engine.from_pretrained(tiny_model_dir, fast=False)
+    assert fast.decoder is not None and slow.decoder is None
+    params = [SamplingParams(max_tokens=n, temperature=0) for n in (24, 8, 16)]
+    assert [c.ids for c in fast.generate(CONVS, params)] == [c.ids for c in slow.generate(CONVS, params)]
+    sampled = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, seed=5)
+    assert fast.generate(CONVS[:1], sampled)[0].ids == slow.generate(CONVS[:1], sampled)[0].ids
+
+
 def test_left_padded_batch_equals_one_by_one(engine):
     batch = engine.generate(CONVS, GREEDY)
     single = [engine.generate([c], GREEDY)[0] for c in CONVS]
