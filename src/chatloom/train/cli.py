@@ -26,7 +26,8 @@ def _run(config: Path | None, **flags):
     except (ModelNotFound, DataError, ProtocolError, ValidationError, FileNotFoundError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2) from None
-    Console().print(dumps_result(result), highlight=False, soft_wrap=True)
+    if result.out_dir is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+        Console().print(dumps_result(result), highlight=False, soft_wrap=True)
 
 
 COMMON = dict(
