@@ -19,6 +19,7 @@ app = typer.Typer(help="chatloom: post-train language models on conversations.",
 tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.command("chat")(serve_cli.chat); app.command("serve")(serve_cli.serve)  # noqa: E702
+app.add_typer(__import__("chatloom.train.cli", fromlist=["app"]).app, name="train")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
