@@ -17,6 +17,8 @@ app = typer.Typer(help="chatloom: post-train language models on conversations.",
                   pretty_exceptions_enable=False, add_completion=False)
 tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+from .label.cli import app as label_app  # noqa: E402, I001
+app.add_typer(label_app, name="label")
 console = Console()
 err = Console(stderr=True)
 
