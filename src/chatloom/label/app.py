@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +31,14 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("
 
 class NotLoggedIn(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking at a page (a plain copy, usable after the database session has closed)."""
+    id: int
+    name: str
+    role: str
 
 
 def render_markdown(text: str) -> Markup:
@@ -117,7 +126,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
             raise NotLoggedIn()
         if user.role not in roles:
             raise service.Forbidden(f"this page is for {' or '.join(roles)} accounts")
-        request.state.user = user
+        request.state.user = Viewer(user.id, user.name, user.role)
         return user
 
     # ------------------------------------------------------------------------------------------------------ login

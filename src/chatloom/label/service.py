@@ -444,7 +444,8 @@ def mark_deleted(db: DbSession, message_id: int, user: User) -> None:
 def labeler_stats(db: DbSession) -> list[dict]:
     """Per person: tasks done, time spent, messages / reviews / rankings, agreement with other reviewers, drafts."""
     users = list(db.scalars(select(User).order_by(User.name)))
-    done = Counter(dict(db.execute(select(Task.user_id, func.count()).where(Task.status == "done").group_by(Task.user_id))))
+    done = Counter({uid: n for uid, n in db.execute(select(Task.user_id, func.count()).where(Task.status == "done")
+                                                    .group_by(Task.user_id))})
     reviews = list(db.scalars(select(Review).where(Review.deleted.is_(False))))
     by_message: dict[int, list[Review]] = defaultdict(list)
     for r in reviews:
