@@ -12,7 +12,7 @@ from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from label_live import csrf_of, login, post_form
+from .label_live import csrf_of, login, post_form
 from sqlalchemy import select, text
 
 from chatloom.label import auth, service, transfer

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from sqlalchemy import select
+from starlette.datastructures import FormData
 
 from . import auth, drafts, service, transfer
 from .db import Database
@@ -44,6 +45,21 @@ class Viewer:
 def render_markdown(text: str) -> Markup:
     """Markdown to HTML with raw HTML disabled (it is shown as text), so instructions cannot inject markup."""
     return Markup(_markdown.render(text or ""))
+
+
+async def form_data(request: Request) -> FormData:
+    """The posted form, read on the event loop so the handler itself can run in the thread pool."""
+    return await request.form()
+
+
+async def json_body(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise service.LabelError("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise service.LabelError("the body must be a JSON object")
+    return body
 
 
 def create_app(database: Database | str, *, secure_cookies: bool = False,
@@ -140,8 +156,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
         return page(request, "login.html", next=next if next.startswith("/") and not next.startswith("//") else "/tasks")
 
     @app.post("/login")
-    async def login(request: Request):
-        form = await request.form()
+    def login(request: Request, form: FormData = Depends(form_data)):
         name, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
         target = str(form.get("next") or "/tasks")
         target = target if target.startswith("/") and not target.startswith("//") else "/tasks"
@@ -188,8 +203,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
             return page(request, "tasks.html", projects=projects, open_tasks=open_tasks, kinds=kinds, notice=message)
 
     @app.post("/projects/{project_id}/next")
-    async def take_next(request: Request, project_id: int):
-        form = await request.form()
+    def take_next(request: Request, project_id: int, form: FormData = Depends(form_data)):
         kind = str(form.get("kind") or "") or None
         with db.session() as s:
             user = current_user(s, request)
@@ -229,8 +243,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
             return page(request, "task.html", **task_context(s, task))
 
     @app.post("/tasks/{task_id}")
-    async def submit_task(request: Request, task_id: int):
-        form = await request.form()
+    def submit_task(request: Request, task_id: int, form: FormData = Depends(form_data)):
         with db.session() as s:
             user = current_user(s, request)
             task = service.get_task(s, task_id, user)
@@ -307,11 +320,10 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
         return {"model": model, "text": text}
 
     @app.post("/api/preview")
-    async def preview_api(request: Request):
+    def preview_api(request: Request, body: dict = Depends(json_body)):
         from ..conversation import ValidationError
         from .preview import preview
 
-        body = await request.json()
         text = str(body.get("text", ""))
         with db.session() as s:
             user = current_user(s, request)
@@ -354,8 +366,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
             return page(request, "edit.html", message=msg, text=msg.text, version=msg.version)
 
     @app.post("/messages/{message_id}/edit")
-    async def edit_submit(request: Request, message_id: int):
-        form = await request.form()
+    def edit_submit(request: Request, message_id: int, form: FormData = Depends(form_data)):
         text = str(form.get("text", ""))
         try:
             base = int(str(form.get("version", "")))
@@ -395,8 +406,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
                         users=users, roles=ROLES, protocols=NAMES, notice=message)
 
     @app.post("/admin/projects")
-    async def admin_create_project(request: Request):
-        form = await request.form()
+    def admin_create_project(request: Request, form: FormData = Depends(form_data)):
 
         def number(key, default):
             try:
@@ -427,8 +437,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
                         editor_text=versions[0].markdown, progress=service.project_progress(s, project), notice=message)
 
     @app.post("/admin/projects/{project_id}/instructions")
-    async def admin_save_instructions(request: Request, project_id: int):
-        form = await request.form()
+    def admin_save_instructions(request: Request, project_id: int, form: FormData = Depends(form_data)):
         text = str(form.get("markdown", ""))
         with db.session() as s:
             user = current_user(s, request, ("admin",))
@@ -448,8 +457,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
                                 status_code=303)
 
     @app.post("/admin/users")
-    async def admin_add_user(request: Request):
-        form = await request.form()
+    def admin_add_user(request: Request, form: FormData = Depends(form_data)):
         with db.session() as s:
             current_user(s, request, ("admin",))
             try:

@@ -1,6 +1,7 @@
 """LLM drafts for the reply editor: the conversation so far is sent to an OpenAI-compatible endpoint (`chatloom serve`,
 vLLM, llama.cpp, OpenAI ...) and the answer pre-fills the editor. Endpoint and model come from the project, else from
-CHATLOOM_LABEL_DRAFT_BASE_URL / CHATLOOM_LABEL_DRAFT_MODEL / CHATLOOM_LABEL_DRAFT_API_KEY."""
+CHATLOOM_LABEL_DRAFT_BASE_URL / CHATLOOM_LABEL_DRAFT_MODEL / CHATLOOM_LABEL_DRAFT_API_KEY
+(and CHATLOOM_LABEL_DRAFT_MAX_TOKENS, default 512)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ def endpoint_for(project) -> Endpoint:
                     os.environ.get("CHATLOOM_LABEL_DRAFT_API_KEY", "not-needed"))
 
 
-def draft_reply(endpoint: Endpoint, messages: list[dict], *, max_tokens: int = 512, temperature: float = 0.7,
+def draft_reply(endpoint: Endpoint, messages: list[dict], *, max_tokens: int | None = None, temperature: float = 0.7,
                 timeout: float = 120.0) -> tuple[str, str]:
     """(model name, draft text) for the next assistant turn after `messages` (OpenAI chat format)."""
     import openai
 
+    max_tokens = max_tokens or int(os.environ.get("CHATLOOM_LABEL_DRAFT_MAX_TOKENS", "512"))
     client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, timeout=timeout, max_retries=0)
     try:
         model = endpoint.model or client.models.list().data[0].id
