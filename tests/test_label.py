@@ -12,7 +12,6 @@ from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from .label_live import csrf_of, login, post_form
 from sqlalchemy import select, text
 
 from chatloom.label import auth, service, transfer
@@ -20,6 +19,8 @@ from chatloom.label.app import create_app
 from chatloom.label.db import Database, current_revision, migrate
 from chatloom.label.editdistance import levenshtein, normalized
 from chatloom.label.models import Base, Message, Review, Task
+
+from .label_live import csrf_of, login, post_form
 
 PW = "correct horse battery"
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("CHATLOOM_TEST_PG") else [])

@@ -1,11 +1,13 @@
 """Database access: an engine for a SQLite file or a PostgreSQL URL, Alembic migrations to the newest schema, sessions.
 
-SQLite runs in WAL mode and every transaction starts with BEGIN IMMEDIATE, so concurrent writers queue on the busy timeout
-instead of failing half-way; PostgreSQL uses its own row locking.
+SQLite runs in WAL mode and every transaction starts with BEGIN IMMEDIATE, so concurrent writers queue instead of failing
+half-way (threads of one process queue on a lock, other processes on SQLite's busy timeout); PostgreSQL uses its own
+row locking.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,9 +48,25 @@ def make_engine(url: str = DEFAULT_URL) -> Engine:
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
 
+        writer = threading.Lock()  # FIFO-ish hand-off in this process instead of SQLite's sleeping busy handler
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if not writer.acquire(timeout=60):
+                raise TimeoutError("database busy for 60 s")
+            conn.info["holds_writer"] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _release(conn)
+                raise
+
+        def _release(conn, *_):
+            if conn.info.pop("holds_writer", False):
+                writer.release()
+
+        event.listen(engine, "commit", _release)
+        event.listen(engine, "rollback", _release)
 
         return engine
     return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
