@@ -6,6 +6,7 @@ printed (and written to the tmp dir as JSON)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import threading
@@ -28,9 +29,14 @@ ROUNDS = 3
 PW = "correct horse battery"
 
 
-def test_fifty_labelers_submit_concurrently_without_lost_or_duplicated_writes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["sqlite"] + (["postgresql"] if os.environ.get("CHATLOOM_TEST_PG") else []))
+def test_fifty_labelers_submit_concurrently_without_lost_or_duplicated_writes(tmp_path, monkeypatch, backend):
     monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-    db = Database(f"sqlite:///{tmp_path / 'label.db'}")
+    if backend == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'label.db'}")
+    else:
+        from .test_label import fresh_pg
+        db = Database(fresh_pg(os.environ["CHATLOOM_TEST_PG"]))
     with db.session() as s:
         admin = auth.add_user(s, "admin", "admin", PW)
         for i in range(LABELERS):
@@ -106,7 +112,7 @@ def test_fifty_labelers_submit_concurrently_without_lost_or_duplicated_writes(tm
         return round(1000 * statistics.quantiles(values, n=100)[q - 1], 1)
 
     writes = latencies["next"] + latencies["submit"]
-    report = {"labelers": LABELERS, "rounds": ROUNDS, "requests": sum(statuses.values()), "wall_s": round(wall, 2),
+    report = {"backend": backend, "labelers": LABELERS, "rounds": ROUNDS, "requests": sum(statuses.values()), "wall_s": round(wall, 2),
               "messages_saved": len(rows), "prompts": prompts, "replies": len(rows) - prompts,
               "double_submits_refused": statuses[409],
               "write_p50_ms": pct(writes, 50), "write_p95_ms": pct(writes, 95),

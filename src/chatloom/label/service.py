@@ -150,6 +150,10 @@ class ProjectState:
 
 
 def load_state(db: DbSession, project_id: int) -> ProjectState:
+    # Open tasks first, messages after: under READ COMMITTED a submission committed in between is then counted twice
+    # (safe), never zero times (an overbooked slot).
+    open_tasks = list(db.scalars(select(Task).where(Task.project_id == project_id, Task.status == "open",
+                                                    Task.created_at > now() - TASK_TTL)))
     msgs = list(db.scalars(select(Message).join(Tree, Tree.id == Message.tree_id)
                            .where(Tree.project_id == project_id, Message.deleted.is_(False), Tree.deleted.is_(False))))
     messages = {m.id: m for m in msgs}
@@ -167,8 +171,6 @@ def load_state(db: DbSession, project_id: int) -> ProjectState:
                                .join(Tree, Tree.id == Message.tree_id)
                                .where(Tree.project_id == project_id, Ranking.deleted.is_(False))):
         rankers[pid].add(uid)
-    open_tasks = list(db.scalars(select(Task).where(Task.project_id == project_id, Task.status == "open",
-                                                    Task.created_at > now() - TASK_TTL)))
     state = ProjectState(messages, children, Counter(m.tree_id for m in msgs), reviewers, rankers, open_tasks)
     for t in open_tasks:
         if t.target_id is not None:
@@ -227,6 +229,8 @@ def next_task(db: DbSession, project: Project, user: User, kind: str | None = No
         raise LabelError(f"unknown task kind {kind!r}")
     if kind is not None and user.role not in KIND_ROLES[kind]:
         raise Forbidden(f"a {user.role} does not do {kind} tasks")
+    # one queue decision at a time per project (PostgreSQL row lock; SQLite transactions are already serial)
+    db.execute(select(Project.id).where(Project.id == project.id).with_for_update())
     existing = open_task_for(db, project.id, user, kind)
     if existing is not None:
         return existing
