@@ -381,8 +381,10 @@ def test_script_payloads_render_as_text(app, db):
             html[max(0, html.find("<script>alert") - 300):html.find("<script>alert") + 100]
         assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in html or "&lt;script&gt;alert(&quot;pwned&quot;)" in html
     assert post_form(ada, "/admin", "/admin/projects", {"name": PAYLOAD}).status_code == 303
+    assert post_form(ada, "/admin", "/admin/users", {"username": "<script>alert(2)</script>", "role": "labeler",
+                                                     "password": PW}).status_code == 303
     admin_page = ada.get("/admin").text
-    assert "<script>alert" not in admin_page and "&lt;script&gt;" in admin_page
+    assert "<script>alert" not in admin_page and "&lt;script&gt;alert(2)" in admin_page
     assert "default-src 'self'" in max_.get("/tasks").headers["content-security-policy"]
 
 
@@ -539,3 +541,62 @@ def test_label_serve_migrates_and_serves(tmp_path):
     served = Database(f"sqlite:///{db_file}", run_migrations=False)
     assert current_revision(served.engine) == "0001"
     served.dispose()
+
+
+ACTORS = ("ada", "lee", "max", "kim", "rev")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(ACTORS), st.sampled_from([None, *service.KIND_ROLES]), st.booleans()),
+                min_size=5, max_size=40))
+def test_queue_invariants_hold_for_any_sequence_of_work(tmp_path_factory, steps):
+    """Whatever people ask for, in any order: nobody is handed their own message, no slot is overbooked, every task is
+    closed at most once, and every exported thread is a valid conversation that ends with an assistant reply."""
+    db = Database(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'label.db'}")
+    with db.session() as s:
+        for name, role in [("ada", "admin"), ("lee", "labeler"), ("max", "labeler"), ("kim", "labeler"),
+                           ("rev", "reviewer")]:
+            auth.add_user(s, name, role, PW)
+        pid = service.create_project(s, "prop", replies_per_prompt=2, max_depth=2).id
+    for i, (name, kind, skip) in enumerate(steps):
+        with db.session() as s:
+            u = user(s, name)
+            try:
+                task = service.next_task(s, service.get_project(s, pid), u, kind)
+            except service.Forbidden:
+                assert kind is not None and u.role not in service.KIND_ROLES[kind]
+                continue
+            if task is None:
+                continue
+            target = s.get(Message, task.target_id) if task.target_id else None
+            if target is not None:
+                assert target.author_id != u.id  # never your own message
+            if skip:
+                service.skip_task(s, task, u)
+            elif task.kind in ("prompt", "reply", "followup"):
+                service.submit_text(s, task, u, f"step {i} {task.kind} by {name}")
+            elif task.kind == "review":
+                service.submit_review(s, task, u, 1 + i % 5, {"spam": i % 7 == 0})
+            else:
+                replies = service.siblings_to_rank(s, task.target_id)
+                assert all(m.author_id != u.id for m in replies) and len(replies) >= 2
+                service.submit_ranking(s, task, u, [m.id for m in reversed(replies)])
+    with db.session() as s:
+        msgs = list(s.scalars(select(Message)))
+        for m in msgs:
+            kids = [c for c in msgs if c.parent_id == m.id]
+            if m.role == "user":
+                assert len(kids) <= 2 and all(c.role == "assistant" for c in kids)
+                assert len({c.author_id for c in kids}) == len(kids)  # one reply per person per prompt
+            else:
+                assert len(kids) <= 1 and all(c.role == "user" for c in kids) and (m.depth + 1) // 2 <= 2
+        reviews = list(s.scalars(select(Review)))
+        assert all(s.get(Message, r.message_id).author_id != r.reviewer_id for r in reviews)
+        assert len({r.task_id for r in reviews}) == len(reviews)
+        closed = s.scalars(select(Task).where(Task.status != "open")).all()
+        assert all(t.done_at is not None for t in closed)
+        for threads in ("best", "all"):
+            for conv in transfer.export_project(s, service.get_project(s, pid), threads):
+                conv.validate(require_assistant_end=True)
+                assert len(conv.meta["messages"]) == len(conv.messages)
+    db.dispose()

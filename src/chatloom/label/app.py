@@ -47,6 +47,12 @@ def render_markdown(text: str) -> Markup:
     return Markup(_markdown.render(text or ""))
 
 
+def local_path(target: str) -> str:
+    """Only redirect within this site after login (no `//host`, `/\\host` or absolute URLs)."""
+    ok = target.startswith("/") and not target.startswith(("//", "/\\")) and "\\" not in target
+    return target if ok and all(c.isprintable() for c in target) else "/tasks"
+
+
 async def form_data(request: Request) -> FormData:
     """The posted form, read on the event loop so the handler itself can run in the thread pool."""
     return await request.form()
@@ -153,13 +159,12 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/tasks"):
-        return page(request, "login.html", next=next if next.startswith("/") and not next.startswith("//") else "/tasks")
+        return page(request, "login.html", next=local_path(next))
 
     @app.post("/login")
     def login(request: Request, form: FormData = Depends(form_data)):
         name, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
-        target = str(form.get("next") or "/tasks")
-        target = target if target.startswith("/") and not target.startswith("//") else "/tasks"
+        target = local_path(str(form.get("next") or "/tasks"))
         address = request.client.host if request.client else "?"
         if limiter.blocked(name, address):
             return page(request, "login.html", status=429, next=target, username=name,

@@ -134,6 +134,9 @@ class LoginLimiter:
     def failed(self, name: str, address: str) -> None:
         t = time.monotonic()
         with self.lock:
+            if len(self.failures) > 50_000:  # many names tried: forget the ones whose window has passed
+                for key in [k for k, q in self.failures.items() if not q or q[-1] < t - self.window]:
+                    del self.failures[key]
             self.failures[f"u:{name}|{address}"].append(t)
             self.failures[f"a:{address}"].append(t)
 

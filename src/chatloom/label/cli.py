@@ -36,11 +36,15 @@ def serve(db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP),
           host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8080, "--port"),
           secure_cookies: bool = typer.Option(False, "--secure-cookies", help="Mark cookies Secure (behind HTTPS).")):
     """Migrate the database to the newest schema and serve the app."""
+    import threading
+
     import uvicorn
 
     from .app import create_app
+    from .preview import warm_up
 
     database = _database(db)
+    threading.Thread(target=warm_up, args=(database,), daemon=True).start()
     console.print(f"chatloom label on http://{host}:{port}/login · database {db}")
     uvicorn.run(create_app(database, secure_cookies=secure_cookies), host=host, port=port, log_level="info")
 

@@ -48,3 +48,20 @@ def preview(project, messages: list[dict], system: str | None = None) -> dict:
     return {"tokens": [[t, int(s), int(mi)] for t, s, mi in zip(texts, r.mask, r.message_index, strict=True)],
             "num_tokens": len(r.ids), "num_supervised": int(sum(r.mask)), "per_message": per,
             "protocol": proto.name, "tokenizer": proto.tokenizer.name}
+
+
+def warm_up(database) -> None:
+    """Load the tokenizers of existing projects (and the bundled one) so the first preview is not slow; run in a thread."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from .models import Project
+
+    with database.session() as s:
+        wanted = {(p.protocol, p.tokenizer_path) for p in s.scalars(select(Project))} | {("chatml", None)}
+    for protocol, tokenizer_path in wanted:
+        try:
+            protocol_for(SimpleNamespace(protocol=protocol, tokenizer_path=tokenizer_path))
+        except Exception:  # a broken project tokenizer shows its error in the editor, not at startup
+            pass
