@@ -458,6 +458,7 @@ def test_admin_pages_show_progress_stats_and_versions(app, db):
     assert stale.status_code == 409 and "# Other" in stale.text
     pid = int(project_url.rsplit("/", 1)[1])
     submit_prompt(client_for(app, "lee"), pid, "hello?")
+    assert 'id="trees"' in ada.get(project_url).text and "hello?" in ada.get(project_url).text
     admin = ada.get("/admin").text
     assert 'id="labeler-stats"' in admin and "<td>lee</td>" in admin and 'id="progress"' in admin
     export = ada.get(project_url + "/export?threads=all")

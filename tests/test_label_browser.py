@@ -28,37 +28,48 @@ PW = "correct horse battery"
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def chatloom_serve(tmp_path, bundled_tokenizer_path):
-    """`chatloom serve` (the real command, in a subprocess) with a tiny random Llama, on a loopback port."""
-    model_dir = make_tiny_model_dir(tmp_path / "tiny", bundled_tokenizer_path)
-    port = free_port()
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "chatloom.cli", "serve", "--model", str(model_dir), "--host",
-                             "127.0.0.1", "--port", str(port), "--name", "tiny-random"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
+class ServeProcess:
+    """`chatloom serve` (the real command, in a subprocess) with a tiny random Llama on a loopback port. It starts in
+    the background while the browser part of the test runs; `ready()` waits for it (bounded)."""
+
+    def __init__(self, model_dir: Path):
+        self.port = free_port()
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "chatloom.cli", "serve", "--model", str(model_dir), "--host",
+                                      "127.0.0.1", "--port", str(self.port), "--name", "tiny-random"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"chatloom serve exited: {proc.stderr.read().decode()[-2000:]}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chatloom serve exited: {self.proc.stderr.read().decode()[-2000:]}")
             try:
-                if httpx.get(base + "/v1/models", timeout=2).status_code == 200:
-                    break
+                if httpx.get(self.base_url + "/models", timeout=2).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("chatloom serve did not come up in 90 s")
+                raise RuntimeError(f"chatloom serve did not come up in {timeout} s")
             time.sleep(0.25)
-        yield base + "/v1"
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            proc.wait(timeout=10)
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+
+
+@pytest.fixture
+def chatloom_serve(tmp_path, bundled_tokenizer_path):
+    server = ServeProcess(make_tiny_model_dir(tmp_path / "tiny", bundled_tokenizer_path))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve, monkeypatch):
@@ -104,7 +115,7 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
         ada = session("ada")
         ada.goto(base + "/admin")
         ada.fill("#new-project input[name=name]", "browser")
-        ada.fill("#new-project input[name=draft_base_url]", chatloom_serve)
+        ada.fill("#new-project input[name=draft_base_url]", chatloom_serve.base_url)
         ada.fill("#new-project input[name=draft_model]", "tiny-random")
         ada.click("#new-project button[type=submit]")
         ada.wait_for_url("**/admin/projects/*")
@@ -128,6 +139,7 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
         mx.wait_for_url("**/tasks/*")
         expect(mx.locator(".msg.user .text")).to_have_text(prompt_text)
         assert mx.locator(".msg .text b").count() == 0  # markup in the prompt is shown as text
+        chatloom_serve.ready()
         mx.click("#draft-button")
         expect(mx.locator("#draft-status")).to_contain_text("draft from tiny-random", timeout=60_000)
         draft = mx.input_value("#text")

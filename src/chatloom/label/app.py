@@ -439,7 +439,8 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
             project = service.get_project(s, project_id)
             versions = service.instruction_versions(s, project_id)
             return page(request, "admin_project.html", project=project, versions=versions, current=versions[0],
-                        editor_text=versions[0].markdown, progress=service.project_progress(s, project), notice=message)
+                        editor_text=versions[0].markdown, progress=service.project_progress(s, project), notice=message,
+                        trees=service.latest_trees(s, project_id))
 
     @app.post("/admin/projects/{project_id}/instructions")
     def admin_save_instructions(request: Request, project_id: int, form: FormData = Depends(form_data)):

@@ -507,3 +507,14 @@ def project_progress(db: DbSession, project: Project) -> dict:
             "open_tasks": len(state.open_tasks), "replies_pct": pct(replies_have, replies_needed),
             "reviews_pct": pct(reviews_have, reviews_needed), "rankings_pct": pct(rank_have, len(rankable) *
                                                                                   project.rankings_per_prompt)}
+
+
+def latest_trees(db: DbSession, project_id: int, limit: int = 50) -> list[tuple[Message, int]]:
+    """The newest trees of a project as (root message, number of messages), for browsing."""
+    sizes = {tree_id: n for tree_id, n in db.execute(
+        select(Message.tree_id, func.count()).join(Tree, Tree.id == Message.tree_id)
+        .where(Tree.project_id == project_id, Message.deleted.is_(False)).group_by(Message.tree_id))}
+    roots = db.scalars(select(Message).join(Tree, Tree.id == Message.tree_id)
+                       .where(Tree.project_id == project_id, Message.parent_id.is_(None))
+                       .order_by(Message.id.desc()).limit(limit))
+    return [(r, sizes.get(r.tree_id, 0)) for r in roots]
