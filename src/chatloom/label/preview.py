@@ -8,6 +8,7 @@ from functools import lru_cache
 
 from ..conversation import Conversation, ValidationError
 from ..conversation import Message as ConvMessage
+from ..protocols import view
 
 _lock = threading.Lock()
 MAX_PREVIEW_CHARS = 60_000
@@ -38,15 +39,14 @@ def preview(project, messages: list[dict], system: str | None = None) -> dict:
     conv = Conversation(turns).validate()
     proto = protocol_for(project)
     with _lock:
-        r = proto.render(conv)
-        texts = [proto.tokenizer.token_text(i) for i in r.ids]
+        tv = view.as_json(conv, proto.render(conv), proto)
     per = [{"role": m.role, "tokens": 0, "supervised": 0} for m in conv.messages]
-    for mi, sup in zip(r.message_index, r.mask, strict=True):
+    for mi, sup in zip(tv["message_index"], tv["mask"], strict=True):
         if 0 <= mi < len(per):
             per[mi]["tokens"] += 1
             per[mi]["supervised"] += int(sup)
-    return {"tokens": [[t, int(s), int(mi)] for t, s, mi in zip(texts, r.mask, r.message_index, strict=True)],
-            "num_tokens": len(r.ids), "num_supervised": int(sum(r.mask)), "per_message": per,
+    return {"tokens": [[t, int(s), int(mi)] for t, s, mi in zip(tv["tokens"], tv["mask"], tv["message_index"], strict=True)],
+            "num_tokens": tv["num_tokens"], "num_supervised": int(tv["num_supervised"]), "per_message": per,
             "protocol": proto.name, "tokenizer": proto.tokenizer.name}
 
 
