@@ -66,3 +66,41 @@ def post_form(client, get_url: str, post_url: str, data: dict):
 
 def http_client(base_url: str) -> httpx.Client:
     return httpx.Client(base_url=base_url, follow_redirects=False, timeout=60)
+
+
+class LabelServeProcess:
+    """`chatloom label serve --db URL` in its own process (its own interpreter lock, like a real deployment)."""
+
+    def __init__(self, db_url: str):
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.port = free_port()
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        self.proc = subprocess.Popen([sys.executable, "-m", "chatloom.cli", "label", "serve", "--db", db_url, "--host",
+                                      "127.0.0.1", "--port", str(self.port)], env={**os.environ, "PYTHONPATH": src},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> str:
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"label serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=2).status_code == 200:
+                    return self.base_url
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("label serve did not come up in 60 s")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:
+            self.proc.kill()

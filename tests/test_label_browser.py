@@ -25,7 +25,7 @@ from .test_engine import make_tiny_model_dir
 
 CHROMIUM = "/usr/bin/chromium"
 PW = "correct horse battery"
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 class ServeProcess:

@@ -1,5 +1,6 @@
 """Load: 50 simulated labelers on loopback (one thread and one httpx client each, a fixed number of rounds, so the test
-stops by itself) take and submit tasks concurrently against a real SQLite file. Every accepted submission must be in
+stops by itself) take and submit tasks concurrently against `chatloom label serve` (its own process) on a real SQLite file
+(and PostgreSQL when CHATLOOM_TEST_PG is set). Every accepted submission must be in
 the database exactly once, double submissions must be refused, no reply slot may be overbooked; p50/p95 latency is
 printed (and written to the tmp dir as JSON)."""
 
@@ -18,25 +19,26 @@ from argon2 import PasswordHasher
 from sqlalchemy import func, select
 
 from chatloom.label import auth, service
-from chatloom.label.app import create_app
 from chatloom.label.db import Database
 from chatloom.label.models import Message
 
-from .label_live import LiveServer, csrf_of, http_client
+from .label_live import LabelServeProcess, csrf_of, http_client
 
 LABELERS = 50
 ROUNDS = 3
 PW = "correct horse battery"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"] + (["postgresql"] if os.environ.get("CHATLOOM_TEST_PG") else []))
 def test_fifty_labelers_submit_concurrently_without_lost_or_duplicated_writes(tmp_path, monkeypatch, backend):
     monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
     if backend == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'label.db'}")
+        url = f"sqlite:///{tmp_path / 'label.db'}"
     else:
         from .test_label import fresh_pg
-        db = Database(fresh_pg(os.environ["CHATLOOM_TEST_PG"]))
+        url = fresh_pg(os.environ["CHATLOOM_TEST_PG"])
+    db = Database(url)
     with db.session() as s:
         admin = auth.add_user(s, "admin", "admin", PW)
         for i in range(LABELERS):
@@ -87,7 +89,7 @@ def test_fifty_labelers_submit_concurrently_without_lost_or_duplicated_writes(tm
                 failures.append(f"{name}: {e!r}")
 
     t0 = time.perf_counter()
-    with LiveServer(create_app(db)) as base:
+    with LabelServeProcess(url) as base:  # the users' cheap hashes carry their own argon2 parameters
         threads = [threading.Thread(target=labeler, args=(i, base), daemon=True) for i in range(LABELERS)]
         for t in threads:
             t.start()

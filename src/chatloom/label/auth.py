@@ -24,7 +24,8 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 SESSION_DAYS = 7
 
-hasher = PasswordHasher()  # argon2id with the library's defaults; tests swap in cheaper parameters
+hasher = PasswordHasher()  # argon2id with the library's defaults (64 MiB per hash); tests swap in cheaper parameters
+hash_slots = threading.BoundedSemaphore(4)  # a burst of logins must not allocate 64 MiB per request thread at once
 
 
 class AuthError(ValueError):
@@ -34,12 +35,14 @@ class AuthError(ValueError):
 def hash_password(password: str) -> str:
     if len(password) < 8:
         raise AuthError("password must have at least 8 characters")
-    return hasher.hash(password)
+    with hash_slots:
+        return hasher.hash(password)
 
 
 def verify_password(stored_hash: str, password: str) -> bool:
     try:
-        return hasher.verify(stored_hash, password)
+        with hash_slots:
+            return hasher.verify(stored_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -61,7 +64,8 @@ def add_user(db: DbSession, name: str, role: str, password: str) -> User:
 def authenticate(db: DbSession, name: str, password: str) -> User | None:
     user = db.scalar(select(User).where(User.name == name, User.active.is_(True)))
     if user is None:
-        hasher.hash("timing-equalizer")  # same work whether or not the name exists
+        with hash_slots:
+            hasher.hash("timing-equalizer")  # same work whether or not the name exists
         return None
     return user if verify_password(user.password_hash, password) else None
 

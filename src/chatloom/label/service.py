@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from . import editdistance
@@ -139,7 +139,7 @@ def save_instructions(db: DbSession, project_id: int, markdown: str, *, author: 
 @dataclass
 class ProjectState:
     """A snapshot of one project's trees, enough to decide which work is needed most."""
-    messages: dict[int, Message]
+    messages: dict[int, Row]  # id, tree_id, parent_id, role, author_id, depth
     children: dict[int, list[int]]
     tree_size: Counter
     reviewers: dict[int, set[int]]
@@ -154,7 +154,8 @@ def load_state(db: DbSession, project_id: int) -> ProjectState:
     # (safe), never zero times (an overbooked slot).
     open_tasks = list(db.scalars(select(Task).where(Task.project_id == project_id, Task.status == "open",
                                                     Task.created_at > now() - TASK_TTL)))
-    msgs = list(db.scalars(select(Message).join(Tree, Tree.id == Message.tree_id)
+    msgs = list(db.execute(select(Message.id, Message.tree_id, Message.parent_id, Message.role, Message.author_id,
+                                  Message.depth).join(Tree, Tree.id == Message.tree_id)
                            .where(Tree.project_id == project_id, Message.deleted.is_(False), Tree.deleted.is_(False))))
     messages = {m.id: m for m in msgs}
     children: dict[int, list[int]] = defaultdict(list)
@@ -235,7 +236,7 @@ def next_task(db: DbSession, project: Project, user: User, kind: str | None = No
     if existing is not None:
         return existing
     kinds = [kind] if kind else [k for k in NEXT_ORDER[user.role]]
-    state = load_state(db, project.id)
+    state = load_state(db, project.id) if kinds != ["prompt"] else None
     version = current_instructions(db, project.id).version
     for k in kinds:
         if k == "prompt":
