@@ -459,6 +459,14 @@ def test_admin_pages_show_progress_stats_and_versions(app, db):
     pid = int(project_url.rsplit("/", 1)[1])
     submit_prompt(client_for(app, "lee"), pid, "hello?")
     assert 'id="trees"' in ada.get(project_url).text and "hello?" in ada.get(project_url).text
+    r = post_form(ada, project_url, project_url + "/settings", {"draft_base_url": "http://127.0.0.1:9/v1",
+                                                                 "draft_model": "m2", "replies_per_prompt": "3"})
+    assert r.status_code == 303
+    assert post_form(ada, project_url, project_url + "/settings", {"max_depth": "99"}).status_code == 400
+    assert post_form(client_for(app, "lee"), "/tasks", project_url + "/settings", {"draft_model": "x"}).status_code == 403
+    with db.session() as s:
+        p = service.get_project(s, pid)
+        assert (p.draft_base_url, p.draft_model, p.replies_per_prompt, p.max_depth) == ("http://127.0.0.1:9/v1", "m2", 3, 3)
     admin = ada.get("/admin").text
     assert 'id="labeler-stats"' in admin and "<td>lee</td>" in admin and 'id="progress"' in admin
     export = ada.get(project_url + "/export?threads=all")
@@ -477,6 +485,12 @@ def test_cli_user_import_export(db_url, tmp_path, monkeypatch):
     r = runner.invoke(cli, ["label", "user", "add", "root", "--role", "admin", "--db", db_url, "--password-stdin"],
                       input=PW + "\n")
     assert r.exit_code == 2 and "already exists" in r.output
+    r = runner.invoke(cli, ["label", "user", "add", "typed", "--role", "reviewer", "--db", db_url],
+                      input=f"{PW}\n{PW}\n")  # asked twice, hidden
+    assert r.exit_code == 0 and "added reviewer 'typed'" in r.output, r.output
+    r = runner.invoke(cli, ["label", "user", "add", "short", "--role", "labeler", "--db", db_url, "--password-stdin"],
+                      input="abc\n")
+    assert r.exit_code == 2 and "at least 8 characters" in r.output
     r = runner.invoke(cli, ["label", "user", "add", "x", "--role", "boss", "--db", db_url, "--password-stdin"], input=PW + "\n")
     assert r.exit_code == 2 and "role must be one of" in r.output
     seed = tmp_path / "seed.jsonl"

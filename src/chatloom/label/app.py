@@ -22,6 +22,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 from starlette.datastructures import FormData
 
+from ..protocols import NAMES as protocol_names
 from . import auth, drafts, service, transfer
 from .db import Database
 from .models import ROLES, Message, Project, Task, Tree, User
@@ -77,6 +78,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["markdown"] = render_markdown
     templates.env.globals["kind_titles"] = service.KIND_TITLES
+    templates.env.globals["protocols"] = protocol_names
 
     def bound_value(request: Request) -> str | None:
         return request.cookies.get(auth.SESSION_COOKIE) or getattr(request.state, "anon", None) \
@@ -406,9 +408,8 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
             projects = list(s.scalars(select(Project).order_by(Project.name)))
             progress = {p.id: service.project_progress(s, p) for p in projects}
             users = list(s.scalars(select(User).order_by(User.name)))
-            from ..protocols import NAMES
             return page(request, "admin.html", projects=projects, progress=progress, stats=service.labeler_stats(s),
-                        users=users, roles=ROLES, protocols=NAMES, notice=message)
+                        users=users, roles=ROLES, notice=message)
 
     @app.post("/admin/projects")
     def admin_create_project(request: Request, form: FormData = Depends(form_data)):
@@ -461,6 +462,24 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
             version = row.version
         return RedirectResponse(f"/admin/projects/{project_id}?message={quote(f'Saved version {version}.')}",
                                 status_code=303)
+
+    @app.post("/admin/projects/{project_id}/settings")
+    def admin_project_settings(request: Request, project_id: int, form: FormData = Depends(form_data)):
+        settings = {}
+        for key in service.PROJECT_SETTINGS:
+            if key in form:
+                value = str(form.get(key))
+                if key in ("replies_per_prompt", "reviews_per_message", "rankings_per_prompt", "max_depth"):
+                    try:
+                        settings[key] = int(value)
+                    except ValueError:
+                        raise service.LabelError(f"{key.replace('_', ' ')} must be a whole number") from None
+                else:
+                    settings[key] = value
+        with db.session() as s:
+            user = current_user(s, request, ("admin",))
+            service.update_project(s, project_id, user, **settings)
+        return RedirectResponse(f"/admin/projects/{project_id}?message=Settings+saved.", status_code=303)
 
     @app.post("/admin/users")
     def admin_add_user(request: Request, form: FormData = Depends(form_data)):

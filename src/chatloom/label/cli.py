@@ -22,6 +22,21 @@ def _fail(message: str):
     raise typer.Exit(2)
 
 
+def _progress():
+    """A transient progress bar on stderr: count, rate (items/s) and ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TaskProgressColumn(show_speed=True), TimeRemainingColumn(), console=err, transient=True)
+
+
 def _database(url: str):
     from .db import Database
 
@@ -87,7 +102,10 @@ def import_(file: Path = typer.Argument(..., help="JSONL/JSON/Parquet conversati
             except service.NotFound:
                 proj = service.create_project(s, project)
                 console.print(f"created project {project!r} (protocol {proj.protocol})")
-            report = transfer.import_file(s, proj, file, on_error="skip" if skip_bad else "fail", rejects=rejects)
+            with _progress() as bar:
+                task = bar.add_task(f"importing {file.name}", total=None)
+                report = transfer.import_file(s, proj, file, on_error="skip" if skip_bad else "fail", rejects=rejects,
+                                              progress=lambda: bar.advance(task))
     except (ValidationError, FileNotFoundError, service.LabelError) as e:
         _fail(str(e))
     console.print(f"imported {report.prompts} prompts and {report.conversations} conversations into {project!r}; "
@@ -109,7 +127,16 @@ def export(project: str = typer.Option(..., "--project", "-p"),
     database = _database(db)
     try:
         with database.session() as s:
-            convs = transfer.export_project(s, service.project_by_name(s, project), threads)
+            with _progress() as bar:
+                task = bar.add_task(f"exporting {project}", total=None)
+
+                def step(total: int) -> None:
+                    if total:
+                        bar.update(task, total=total)
+                    else:
+                        bar.advance(task)
+
+                convs = transfer.export_project(s, service.project_by_name(s, project), threads, progress=step)
     except service.LabelError as e:
         _fail(str(e))
     out.parent.mkdir(parents=True, exist_ok=True)

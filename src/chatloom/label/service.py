@@ -91,6 +91,35 @@ def create_project(db: DbSession, name: str, *, creator: User | None = None, pro
     return project
 
 
+PROJECT_SETTINGS = ("protocol", "tokenizer_path", "system_prompt", "draft_base_url", "draft_model", "replies_per_prompt",
+                    "reviews_per_message", "rankings_per_prompt", "max_depth")
+
+
+def update_project(db: DbSession, project_id: int, user: User, **settings) -> Project:
+    """Change a project's settings (admin only); trees already written keep the system prompt they were written with."""
+    from ..protocols import NAMES
+
+    if user.role != "admin":
+        raise Forbidden("only admins change projects")
+    project = get_project(db, project_id)
+    unknown = set(settings) - set(PROJECT_SETTINGS)
+    if unknown:
+        raise LabelError(f"unknown project setting(s) {sorted(unknown)}")
+    if "protocol" in settings and settings["protocol"] not in NAMES:
+        raise LabelError(f"protocol must be one of {', '.join(NAMES)}")
+    for key, value in settings.items():
+        if key in ("replies_per_prompt", "reviews_per_message", "rankings_per_prompt", "max_depth"):
+            if not isinstance(value, int) or not 1 <= value <= 20:
+                raise LabelError(f"{key.replace('_', ' ')} must be between 1 and 20")
+        elif isinstance(value, str):
+            value = value.strip() or None
+        setattr(project, key, value)
+    if project.protocol == "hf" and not project.tokenizer_path:
+        raise LabelError("protocol 'hf' needs a tokenizer path with a chat template")
+    db.flush()
+    return project
+
+
 def project_by_name(db: DbSession, name: str) -> Project:
     project = db.scalar(select(Project).where(Project.name == name))
     if project is None:

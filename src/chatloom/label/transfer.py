@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def _records(path: Path):
 
 
 def import_file(db: DbSession, project: Project, path: str | Path, *, on_error: str = "fail",
-                rejects: Rejects | None = None) -> ImportReport:
+                rejects: Rejects | None = None, progress: Callable[[], None] | None = None) -> ImportReport:
     """Seed prompts (`{"prompt": ...}` lines or one-message conversations, or a .txt with one prompt per line) become new
     trees; longer conversations become a branch whose messages enter the review queue. Re-importing is idempotent."""
     path = Path(path)
@@ -67,6 +68,8 @@ def import_file(db: DbSession, project: Project, path: str | Path, *, on_error: 
     version = current_instructions(db, project.id).version
     known = set(db.scalars(select(Tree.source).where(Tree.project_id == project.id, Tree.source.is_not(None))))
     for line, raw in _records(path):
+        if progress is not None:
+            progress()
         try:
             if isinstance(raw, ValidationError):
                 raise raw
@@ -140,7 +143,9 @@ def _review_summary(reviews: list[Review]) -> dict | None:
     return out
 
 
-def export_project(db: DbSession, project: Project, threads: str = "best") -> list[Conversation]:
+def export_project(db: DbSession, project: Project, threads: str = "best",
+                   progress: Callable[[int], None] | None = None) -> list[Conversation]:
+    """Conversation records of the project's trees; `progress(total)` is called once, then `progress(0)` per tree."""
     if threads not in ("best", "all"):
         raise ValueError("threads must be 'best' or 'all'")
     trees = list(db.scalars(select(Tree).where(Tree.project_id == project.id, Tree.deleted.is_(False)).order_by(Tree.id)))
@@ -189,7 +194,11 @@ def export_project(db: DbSession, project: Project, threads: str = "best") -> li
             yield from all_paths(c, path)
 
     convs = []
+    if progress is not None:
+        progress(len(trees))
     for tree in trees:
+        if progress is not None:
+            progress(0)
         for root in children[None]:
             if by_id[root].tree_id != tree.id:
                 continue
