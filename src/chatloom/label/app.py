@@ -258,7 +258,7 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
                 text = str(form.get("text", ""))
                 try:
                     msg = service.submit_text(s, task, user, text)
-                except service.Conflict:
+                except (service.Conflict, service.Forbidden, service.NotFound):
                     raise
                 except service.LabelError as e:
                     s.rollback()
