@@ -125,6 +125,7 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
 
         # lee writes a prompt
         lee = session("lee")
+        shot(lee, "tasks")
         lee.click("section.project button[data-kind=prompt]")
         lee.wait_for_url("**/tasks/*")
         expect(lee.locator("#instructions")).to_contain_text("Helpful")
@@ -181,6 +182,16 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
         rev.click("#submit-button")
         expect(rev.locator("#notice")).to_contain_text("Ranking saved")
 
+        # ... and reviews a message (never one of their own: they have none)
+        rev.click("section.project button[data-kind=review]")
+        rev.wait_for_url("**/tasks/*")
+        rev.check("input[name=quality][value='4']")
+        assert rev.locator("input[name=should_have_refused]").count() == 0  # a prompt is not an assistant reply
+        rev.check("input[name=harmless]")
+        shot(rev, "review")
+        rev.click("#submit-button")
+        expect(rev.locator("#notice")).to_contain_text("Review saved")
+
         # the admin sees stats and exports
         ada.goto(base + "/admin")
         expect(ada.locator("#labeler-stats")).to_contain_text("max")
@@ -199,5 +210,5 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
     assert meta["draft"]["edit_chars"] == levenshtein(draft, final) == len(suffix)
     assert meta["messages"][1]["draft"]["text"] == draft and meta["messages"][1]["rank_score"] == 1.0
     names = sorted(x.name for x in shots.iterdir())
-    assert len(names) == 6 and all((shots / n).stat().st_size > 5000 for n in names)
+    assert len(names) == 8 and all((shots / n).stat().st_size > 5000 for n in names)
     print(f"screenshots in {shots}: {names}")
