@@ -11,12 +11,14 @@ from rich.console import Console
 from . import protocols as protocols_mod
 from .conversation import ValidationError
 from .conversation import load as load_conversations
+from .synth.cli import synth as synth_command
 from .tokenizers import load_tokenizer, train_bpe
 
 app = typer.Typer(help="chatloom: post-train language models on conversations.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+app.command("synth")(synth_command)
 console = Console()
 err = Console(stderr=True)
 

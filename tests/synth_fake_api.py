@@ -1,0 +1,83 @@
+"""A small OpenAI-compatible chat server for the synth tests: real HTTP on 127.0.0.1 (uvicorn in a thread, free port),
+deterministic replies, optional per-request delay, and a hook that can answer 500 or stall a request."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+WORDS = ("river", "lamp", "orbit", "maple", "signal", "copper", "meadow", "vector", "harbor", "prism", "ember", "quartz")
+
+
+def deterministic_reply(model: str, messages: list[dict]) -> str:
+    """A reply that depends only on the request: a user-simulator question or an assistant answer of ~12 words."""
+    digest = hashlib.sha256(json.dumps([model, messages], sort_keys=True).encode()).digest()
+    words = " ".join(WORDS[b % len(WORDS)] for b in digest[:12])
+    if model.startswith("sim"):
+        return f"User: How does the {words} idea work in practice?"
+    return f"The short answer: {words}. It depends on the details you care about."
+
+
+def create_app(*, delay: float = 0.0, action: Callable[[dict, int], str] | None = None,
+               reply: Callable[[str, list[dict]], str] = deterministic_reply) -> FastAPI:
+    """`action(body, request_number)` -> "ok" | "500" | "stall" decides each request's fate (default: always ok)."""
+    app = FastAPI()
+    app.state.requests = 0
+    app.state.log = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        app.state.requests += 1
+        number = app.state.requests
+        fate = action(body, number) if action else "ok"
+        app.state.log.append((number, fate, body.get("model")))
+        if delay:
+            await asyncio.sleep(delay)
+        if fate == "500":
+            return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, status_code=500)
+        if fate == "stall":
+            await asyncio.sleep(30)  # far past the client's timeout; the test server is shut down with force_exit
+        text = reply(body["model"], body["messages"])
+        prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
+        return {"id": f"chatcmpl-{number}", "object": "chat.completion", "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                          "total_tokens": prompt_tokens + len(text.split())}}
+
+    return app
+
+
+@contextmanager
+def serve(app: FastAPI):
+    """Run `app` on 127.0.0.1 at a free port for the duration of the block; yields the base URL (`.../v1`)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        server.force_exit = True
+        thread.join(timeout=5)
+        sock.close()
