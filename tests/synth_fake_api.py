@@ -19,9 +19,11 @@ from fastapi.responses import JSONResponse
 WORDS = ("river", "lamp", "orbit", "maple", "signal", "copper", "meadow", "vector", "harbor", "prism", "ember", "quartz")
 
 
-def deterministic_reply(model: str, messages: list[dict]) -> str:
-    """A reply that depends only on the request: a user-simulator question or an assistant answer of ~12 words."""
-    digest = hashlib.sha256(json.dumps([model, messages], sort_keys=True).encode()).digest()
+def deterministic_reply(body: dict) -> str:
+    """A reply that depends only on the request (model, messages, seed): a user-simulator question (models named sim*)
+    or an assistant answer, each of ~12 pseudo-random words."""
+    model = body["model"]
+    digest = hashlib.sha256(json.dumps([model, body["messages"], body.get("seed")], sort_keys=True).encode()).digest()
     words = " ".join(WORDS[b % len(WORDS)] for b in digest[:12])
     if model.startswith("sim"):
         return f"User: How does the {words} idea work in practice?"
@@ -29,8 +31,9 @@ def deterministic_reply(model: str, messages: list[dict]) -> str:
 
 
 def create_app(*, delay: float = 0.0, action: Callable[[dict, int], str] | None = None,
-               reply: Callable[[str, list[dict]], str] = deterministic_reply) -> FastAPI:
-    """`action(body, request_number)` -> "ok" | "500" | "stall" decides each request's fate (default: always ok)."""
+               reply: Callable[[dict], str] = deterministic_reply, api_key: str | None = None) -> FastAPI:
+    """`action(body, request_number)` -> "ok" | "stall" | an HTTP error status decides each request's fate (default:
+    always ok). With `api_key`, requests without `Authorization: Bearer <api_key>` get a 401."""
     app = FastAPI()
     app.state.requests = 0
     app.state.log = []
@@ -41,14 +44,16 @@ def create_app(*, delay: float = 0.0, action: Callable[[dict, int], str] | None 
         app.state.requests += 1
         number = app.state.requests
         fate = action(body, number) if action else "ok"
-        app.state.log.append((number, fate, body.get("model")))
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            fate = 401
+        app.state.log.append((number, fate, body))
         if delay:
             await asyncio.sleep(delay)
-        if fate == "500":
-            return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, status_code=500)
+        if isinstance(fate, int):
+            return JSONResponse({"error": {"message": f"injected {fate}", "type": "server_error"}}, status_code=fate)
         if fate == "stall":
             await asyncio.sleep(30)  # far past the client's timeout; the test server is shut down with force_exit
-        text = reply(body["model"], body["messages"])
+        text = reply(body)
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
         return {"id": f"chatcmpl-{number}", "object": "chat.completion", "created": int(time.time()),
                 "model": body["model"],
