@@ -70,6 +70,8 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self)
 
+    splits_after_newline = False
+
     def token_text(self, token_id: int) -> str:
         """A token as readable text for views (control tokens by name, bytes decoded with replacement)."""
         for s, i in self.special_tokens.items():
@@ -117,14 +119,34 @@ class HFTokenizer(Tokenizer):
             if added.special:
                 self._special[added.content] = tid
         self._bytes_cache: dict[int, bytes] = {}
-        self._byte_level = "ByteLevel" in json.dumps(json.loads(self._text.to_str()).get("decoder") or {})
+        self._byte_level = _is_byte_level(rust.decoder)
+        self._fast = False  # not built yet
         self.bos_token, self.eos_token, self.pad_token = self.hf.bos_token, self.hf.eos_token, self.hf.pad_token
 
     def encode(self, text: str) -> list[int]:
         return self._text.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if len(texts) >= 64:
+            fast = self.fast_encoder()
+            if fast is not None:
+                encode = fast.encode_ordinary
+                return [encode(t) for t in texts]
         return [e.ids for e in self._text.encode_batch(list(texts), add_special_tokens=False)]
+
+    def fast_encoder(self):
+        """A tiktoken encoding with the same ids as this tokenizer, for byte-level BPE tokenizers whose pre-tokenizer is
+        a regex tiktoken can run (GPT-2, Qwen2, Llama 3 ...). Built once, checked against the Rust tokenizer on a probe
+        set (and by property tests); None when the tokenizer is of another kind or any probe differs."""
+        if self._fast is False:
+            self._fast = _tiktoken_twin(self) or None
+        return self._fast
+
+    @property
+    def splits_after_newline(self) -> bool:
+        """Whether the pre-tokenizer always splits between a newline and a following letter/digit (then text on
+        either side can be encoded apart with the same ids). True for the byte-level regex families `fast_encoder` accepts."""
+        return self.fast_encoder() is not None
 
     def encode_with_starts(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
         return [(e.ids, _char_starts_from_offsets(e.offsets)) for e in self._text.encode_batch(list(texts), add_special_tokens=False)]
@@ -158,10 +180,17 @@ class HFTokenizer(Tokenizer):
     def add_special_tokens(self, tokens: Sequence[str]) -> list[str]:
         missing = [t for t in tokens if t not in self._special]
         if missing:
+            from tokenizers import AddedToken
+
             with self._lock:
                 self.hf.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False) \
                     if _accepts_replace_kw(self.hf) else self.hf.add_special_tokens({"additional_special_tokens": missing})
-                self._refresh()
+                self._text.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+                for t in missing:
+                    self._special[t] = self.hf.convert_tokens_to_ids(t)
+                if any(self._text.token_to_id(t) != self._special[t] for t in missing):
+                    self._refresh()  # the two copies disagree on ids: rebuild ours from the transformers one
+                self._fast = False
         return missing
 
     def __len__(self) -> int:
@@ -169,6 +198,71 @@ class HFTokenizer(Tokenizer):
 
     def save(self, directory: str | Path) -> None:
         self.hf.save_pretrained(str(directory))
+
+
+GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_PROBES = ["Hello world", "  two  spaces\n\n\nnewlines \t tab", "don't you'll I'M", "123456789 3.14159", "ünïcødé 漢字 🤖🚀",
+           "a\u00a0b\u2028c", "<|im_end|> <tool_call> [INST]", "x" * 300, "   ", "\r\n\r\nwindows", "mixed CASE and ÆØÅ",
+           "emoji👨‍👩‍👧 zwj", "punct!!!??...", "'s 's 're", "\n\n  \n x", "Ω≈ç√∫˜µ≤≥÷", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢"]
+
+
+def _tiktoken_twin(tok: HFTokenizer):
+    """Build a tiktoken Encoding equivalent to a byte-level BPE HF tokenizer, or return None."""
+    try:
+        import tiktoken
+
+        spec = json.loads(tok._text.to_str())
+        model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+        if model.get("type") != "BPE" or spec.get("normalizer") or model.get("dropout") or model.get("byte_fallback"):
+            return None
+        if any(not a.get("special") for a in spec.get("added_tokens") or []):
+            return None  # non-special added tokens are matched inside text; tiktoken would not
+        if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+            pattern = GPT2_SPLIT
+        elif pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 2:
+            split, byte_level = pre["pretokenizers"]
+            if split.get("type") != "Split" or split.get("behavior") != "Isolated" or split.get("invert") \
+                    or byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex", True):
+                return None
+            pattern = (split.get("pattern") or {}).get("Regex")
+            if not pattern:
+                return None
+        else:
+            return None
+        vocab = model["vocab"]
+        ranks = {bytes(_BYTE_DECODER[c] for c in piece): i for piece, i in vocab.items()}
+        if len(ranks) != len(vocab):
+            return None
+        last = -1
+        for merge in model.get("merges", []):  # tiktoken merges by the rank of the result: ids must follow merge order
+            a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+            merged = vocab.get(a + b)
+            if merged is None or merged <= last or merged <= vocab[a] or merged <= vocab[b]:
+                return None
+            last = merged
+        enc = tiktoken.Encoding(f"{tok.name}-twin", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+        for probe in _PROBES:
+            if enc.encode_ordinary(probe) != tok._text.encode(probe, add_special_tokens=False).ids:
+                return None
+        return enc
+    except Exception:  # noqa: BLE001 - any surprise means: no fast path
+        return None
+
+
+def safe_split(left: str, right: str) -> bool:
+    """Whether `left + right` encodes as `encode(left) + encode(right)` for a tokenizer whose `splits_after_newline`
+    holds: the regex families never join a newline with a following letter or digit."""
+    return left.endswith("\n") and (len(left) == 1 or not left[-2].isspace()) and right[:1].isalnum()
+
+
+def _is_byte_level(decoder) -> bool:
+    from tokenizers import decoders
+
+    if decoder is None:
+        return False
+    if isinstance(decoder, decoders.ByteLevel):
+        return True
+    return isinstance(decoder, decoders.Sequence) and "ByteLevel" in repr(decoder)
 
 
 def _accepts_replace_kw(hf) -> bool:
@@ -223,7 +317,12 @@ class TiktokenTokenizer(Tokenizer):
         return self.enc.encode_ordinary(text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.enc.encode_ordinary_batch(list(texts), num_threads=2)
+        encode = self.enc.encode_ordinary
+        return [encode(t) for t in texts]
+
+    @property
+    def splits_after_newline(self) -> bool:
+        return True  # the OpenAI regexes never join a newline with a following letter or digit
 
     def encode_with_starts(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
         out = []

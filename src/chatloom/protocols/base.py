@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..conversation import Conversation
-from ..tokenizers import Tokenizer, token_index_at
+from ..tokenizers import Tokenizer, safe_split, token_index_at
 
 NO_MESSAGE = -1
 
@@ -69,6 +69,7 @@ class Protocol:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
+        self._short_text_ids: dict[str, list[int]] = {}  # headers like "assistant\n": encoded once
         added = tokenizer.add_special_tokens([t for t in self.control_tokens if t])
         self.added_tokens = added
         self._ids = {t: tokenizer.token_id(t) for t in self.control_tokens if t}
@@ -118,62 +119,82 @@ class Protocol:
         return "".join(p.text if p.text is not None else p.token for p in self.parts(conv, add_generation_prompt))
 
     def encode_parts(self, batch: Sequence[list[Part]]) -> list[Rendered]:
-        segments: list[str] = []  # all text segments of the batch, encoded together
-        plan: list[list] = []  # per conversation: control ids or (segment index, [(part, start, end), ...])
+        """Parts -> ids, mask, message index for a batch of conversations, with one tokenizer call for all the text."""
+        tok = self.tokenizer
+        can_split = tok.splits_after_newline
+        cache = self._short_text_ids
+        plans: list[list] = []
+        pending: dict[str, None] = {}  # texts to encode whole (no offsets needed)
+        multi: list[str] = []  # segments whose part boundaries need character offsets
         for parts in batch:
-            items, current = [], []
-            for p in parts:
-                if p.token is not None:
-                    if current:
-                        items.append((len(segments), current))
-                        segments.append("".join(q.text for q in current))
-                        current = []
-                    items.append(p)
-                elif p.text:
-                    current.append(p)
-            if current:
-                items.append((len(segments), current))
-                segments.append("".join(q.text for q in current))
-            plan.append(items)
-        multi = {i for items in plan for it in items if isinstance(it, tuple) and len(it[1]) > 1 for i in [it[0]]}
-        encoded_single = dict(zip((i for i in range(len(segments)) if i not in multi),
-                                  self.tokenizer.encode_batch([s for i, s in enumerate(segments) if i not in multi]), strict=True))
-        encoded_multi = dict(zip(sorted(multi), self.tokenizer.encode_with_starts([segments[i] for i in sorted(multi)]), strict=True))
+            plan, run = [], []
+            for p in [*parts, None]:
+                if p is not None and p.token is None:
+                    if p.text:
+                        run.append(p)
+                    continue
+                if run:  # close the text segment: split it where the boundary is provably safe
+                    group = [run[0]]
+                    for q in run[1:]:
+                        if can_split and safe_split(group[-1].text, q.text):
+                            plan.append(group)
+                            group = [q]
+                        else:
+                            group.append(q)
+                    plan.append(group)
+                    run = []
+                if p is not None:
+                    plan.append(p)
+            for item in plan:
+                if isinstance(item, list):
+                    if len(item) == 1:
+                        if item[0].text not in cache:
+                            pending[item[0].text] = None
+                    else:
+                        multi.append("".join(q.text for q in item))
+            plans.append(plan)
+        whole = dict(cache)
+        if pending:
+            texts = list(pending)
+            for t, ids in zip(texts, tok.encode_batch(texts), strict=True):
+                whole[t] = ids
+                if len(t) <= 32 and len(cache) < 4096:
+                    cache[t] = ids
+        with_starts = iter(tok.encode_with_starts(multi)) if multi else iter(())
+        ids_of = self._ids
         out = []
-        for items, parts in zip(plan, batch, strict=True):
+        for plan, parts in zip(plans, batch, strict=True):
             ids: list[int] = []
             mask: list[int] = []
             msg: list[int] = []
-            for it in items:
-                if isinstance(it, Part):
-                    ids.append(self._ids.get(it.token) if it.token in self._ids else self._control_id(it.token))
-                    mask.append(int(it.supervised))
-                    msg.append(it.message)
-                    continue
-                seg, seg_parts = it
-                if len(seg_parts) == 1:
-                    seg_ids = encoded_single[seg]
-                    p = seg_parts[0]
+            for item in plan:
+                if isinstance(item, Part):
+                    tid = ids_of.get(item.token)
+                    ids.append(tid if tid is not None else self._control_id(item.token))
+                    mask.append(1 if item.supervised else 0)
+                    msg.append(item.message)
+                elif len(item) == 1:
+                    p = item[0]
+                    seg = whole[p.text]
+                    ids.extend(seg)
+                    mask.extend([1 if p.supervised else 0] * len(seg))
+                    msg.extend([p.message] * len(seg))
+                else:
+                    seg_ids, starts = next(with_starts)
+                    seg_mask = [0] * len(seg_ids)
+                    seg_msg = [NO_MESSAGE] * len(seg_ids)
+                    pos = 0
+                    for p in item:  # a token belongs to the part its first character is in ...
+                        end = pos + len(p.text)
+                        a, b = bisect_left(starts, pos), bisect_left(starts, end)
+                        seg_msg[a:b] = [p.message] * (b - a)
+                        if p.supervised:  # ... and a supervised part claims every token that overlaps it
+                            a, b = token_index_at(starts, pos), token_index_at(starts, end - 1) + 1
+                            seg_mask[a:b] = [1] * (b - a)
+                        pos = end
                     ids.extend(seg_ids)
-                    mask.extend([int(p.supervised)] * len(seg_ids))
-                    msg.extend([p.message] * len(seg_ids))
-                    continue
-                seg_ids, starts = encoded_multi[seg]
-                seg_mask = [0] * len(seg_ids)
-                seg_msg = [NO_MESSAGE] * len(seg_ids)
-                pos, bounds = 0, []
-                for p in seg_parts:
-                    bounds.append((pos, pos + len(p.text), p))
-                    pos += len(p.text)
-                for start, end, p in bounds:  # a token belongs to the part its first character is in ...
-                    for t in range(bisect_left(starts, start), bisect_left(starts, end)):
-                        seg_msg[t] = p.message
-                    if p.supervised:  # ... and a supervised part claims every token that overlaps it
-                        for t in range(token_index_at(starts, start), token_index_at(starts, end - 1) + 1):
-                            seg_mask[t] = 1
-                ids.extend(seg_ids)
-                mask.extend(seg_mask)
-                msg.extend(seg_msg)
+                    mask.extend(seg_mask)
+                    msg.extend(seg_msg)
             out.append(Rendered(ids, mask, msg, parts))
         return out
 

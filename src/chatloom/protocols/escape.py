@@ -16,6 +16,8 @@ _CODE_BASE = 0xF0000
 
 
 class Escaper:
+    ESCAPE_CHAR = ESCAPE
+
     def __init__(self, controls: Iterable[str]):
         self.controls = sorted({c for c in controls if c}, key=len, reverse=True)
         self.table = {ESCAPE: ESCAPE + chr(_CODE_BASE)}

@@ -25,7 +25,7 @@ from ..conversation import Conversation, Message, ValidationError
 from ..tokenizers import Tokenizer, load_tokenizer
 from .base import NO_MESSAGE, Part, Protocol, ProtocolError
 from .escape import Escaper
-from .jinja_env import GEN_CLOSE, GEN_OPEN, TemplateError, render
+from .jinja_env import GEN_CLOSE, GEN_OPEN, TemplateError, compile_template, render
 
 _CONTROL_LITERAL = re.compile(r"<\|[^|<>\s'\"]{1,40}\|>|<｜[^｜<>\s'\"]{1,40}｜>")
 END = "$end"
@@ -50,6 +50,7 @@ class TemplateProtocol(Protocol):
                  fast: bool = True):
         if not isinstance(template, str) or not template.strip():
             raise ProtocolError("hf: empty chat template")
+        compile_template(template)  # a syntax error is reported as such, before anything else
         self.template = template
         literals = _CONTROL_LITERAL.findall(template)
         self.bos_token = bos_token if bos_token is not None else tokenizer.bos_token
@@ -123,6 +124,11 @@ class TemplateProtocol(Protocol):
             if at < 0 and target.strip():
                 at = full.find(target.strip(), search_from)
                 target = target.strip()
+            if at >= 0 and m.role != "assistant" and i + 1 < len(conv.messages):
+                following = self.escaper.escape(conv.messages[i + 1].content).strip()
+                nxt = full.find(following, cursor) if following else -1
+                if 0 <= nxt < at:  # the template moved this message later (e.g. system into the last user turn)
+                    at, target = -1, ""
             if at < 0:
                 if m.role == "assistant" and (m.train and not m.tool_calls):
                     raise ProtocolError(f"hf: the template changes the text of assistant message {i}; cannot place its loss "
@@ -132,9 +138,12 @@ class TemplateProtocol(Protocol):
             end = at + len(target)
             if m.role == "assistant":
                 turn_end = full.find(self.end_of_turn, end)
-                if turn_end < 0:
-                    raise ProtocolError(f"hf: assistant message {i} is not closed by {self.end_of_turn!r} in the rendering")
-                turn_end += len(self.end_of_turn)
+                following = self.escaper.escape(conv.messages[i + 1].content).strip() if i + 1 < len(conv.messages) else ""
+                nxt = full.find(following, end) if following else -1
+                if turn_end < 0 or 0 <= nxt < turn_end:  # this template leaves the turn open: supervise the content
+                    turn_end = end
+                else:
+                    turn_end += len(self.end_of_turn)
                 regions.append((region_start, at, i, False))
                 regions.append((at, turn_end, i, m.train))
                 region_start = cursor = turn_end
@@ -183,15 +192,21 @@ class _Skeleton:
     ROLES = ("system", "user", "assistant")
     PROBE_TEXTS = ("P", " spaced out \n", "\nnew\nlines\n\n", "<think>x</think> y", "  ", "tab\there")
 
-    def __init__(self, proto: TemplateProtocol):
+    def __init__(self, proto: TemplateProtocol, trim: bool = False):
         self.proto = proto
+        self.trim = trim  # the template strips message content (`content | trim`), e.g. Llama 3
         self.first: dict[tuple, str] = {}  # (first role, second role or END, gen) -> text before the first content
         self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
         self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
+        self._split_cache: dict[str, list] = {}
 
     @classmethod
     def learn(cls, proto: TemplateProtocol) -> _Skeleton | None:
-        sk = cls(proto)
+        return cls._learn(proto, trim=False) or cls._learn(proto, trim=True)
+
+    @classmethod
+    def _learn(cls, proto: TemplateProtocol, trim: bool) -> _Skeleton | None:
+        sk = cls(proto, trim)
         shapes = [("user", "assistant"), ("system", "user", "assistant"), ("user", "assistant", "user", "assistant"),
                   ("system", "user", "assistant", "user", "assistant", "user"), ("user",), ("system", "user"),
                   ("user", "assistant", "user"), ("system", "user", "assistant", "user", "assistant")]
@@ -249,7 +264,7 @@ class _Skeleton:
         msgs = conv.messages
         out = [self.first[(msgs[0].role, msgs[1].role if len(msgs) > 1 else END, gen)]]
         for j, m in enumerate(msgs):
-            out.append(self.proto.escaper.escape(m.content))
+            out.append(self.proto.escaper.escape(m.content.strip() if self.trim else m.content))
             if j + 1 < len(msgs):
                 out.append(self.gap[(m.role, msgs[j + 1].role, j == 0)])
         out.append(self.last[(msgs[-1].role, len(msgs) == 1, gen)])
@@ -259,27 +274,37 @@ class _Skeleton:
         return "".join(self._pieces(conv, gen))
 
     def parts(self, conv: Conversation, gen: bool) -> list[Part]:
-        pieces = self._pieces(conv, gen)
-        eot = self.proto.end_of_turn
-        regions, pos, region_start = [], 0, 0
-        pos += len(pieces[0])
-        for j, m in enumerate(conv.messages):
-            content, after = pieces[1 + 2 * j], pieces[2 + 2 * j]
-            start, end = pos, pos + len(content)
-            if m.role == "assistant":
-                k = after.find(eot)
-                if k < 0:
-                    raise ProtocolError(f"hf: assistant message {j} is not closed by {eot!r} in this template")
-                regions.append((region_start, start, j, False))
-                regions.append((start, end + k + len(eot), j, m.train))
-                region_start = end + k + len(eot)
-            else:
-                regions.append((region_start, end, j, False))
-                region_start = end
-            pos = end + len(after)
-        text = "".join(pieces)
-        regions.append((region_start, len(text), NO_MESSAGE, False))
-        return self.proto._cut(text, regions)
+        msgs = conv.messages
+        escape = self.proto.escaper.escape
+        n = len(msgs)
+        out = self._gap_parts(self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)], NO_MESSAGE, False, 0)
+        for j, m in enumerate(msgs):
+            supervised = m.role == "assistant" and m.train
+            text = m.content.strip() if self.trim else m.content
+            out.append(Part(text=escape(text) if text else "", message=j, supervised=supervised))
+            gap = self.gap[(m.role, msgs[j + 1].role, j == 0)] if j + 1 < n else self.last[(m.role, n == 1, gen)]
+            out += self._gap_parts(gap, j, supervised, j + 1 if j + 1 < n else NO_MESSAGE)
+        for p in out:
+            if p.text is not None and self.proto.escaper.ESCAPE_CHAR in p.text:
+                p.text = self.proto.escaper.unescape(p.text)
+        return out
+
+    def _gap_parts(self, gap: str, before: int, supervised: bool, after: int) -> list[Part]:
+        """The fixed text between two contents as parts: up to the first control token it closes the message before
+        (supervised through the end-of-turn token when that message is a trained assistant turn), then it opens the next."""
+        pieces = self._split_cache.get(gap)
+        if pieces is None:
+            pieces = [(kind, value) for kind, value, _ in self.proto._splitter.split(gap)]
+            first_control = next((i for i, (k, _) in enumerate(pieces) if k == "token"), -1)
+            eot = next((i for i, (k, v) in enumerate(pieces) if k == "token" and v == self.proto.end_of_turn), -1)
+            pieces = self._split_cache[gap] = [(k, v, i <= first_control, i <= eot) for i, (k, v) in enumerate(pieces)]
+        out = []
+        for kind, value, closes, in_turn in pieces:
+            owner = before if closes and before != NO_MESSAGE else after
+            sup = supervised and in_turn
+            out.append(Part(token=value, message=owner, supervised=sup) if kind == "token"
+                       else Part(text=value, message=owner, supervised=sup))
+        return out
 
     def parse(self, s: str) -> list[tuple[str, str]] | None:
         splitter = self.proto._splitter
@@ -303,7 +328,7 @@ class _Skeleton:
 
         def walk(pos, role, index, gen_used) -> list | None:
             options = []
-            for (r, is_first, gen), tail in self.last.items():
+            for (r, is_first, _gen), tail in self.last.items():
                 if r == role and is_first == (index == 0):
                     end = match_gap(pos, tail) if tail else len(s)
                     if end is not None and end + len(tail) == len(s):
@@ -317,13 +342,12 @@ class _Skeleton:
                             options.append([(role, s[pos:end]), *rest])
             return max(options, key=len) if options else None
 
-        best = None
         for (role, _, _gen), head in sorted(self.first.items(), key=lambda kv: -len(kv[1])):
-            if s.startswith(head):
+            if s.startswith(head):  # the longest head first: a default system prompt is the template's, not a message
                 found = walk(len(head), role, 0, False)
-                if found is not None and (best is None or len(found) > len(best)):
-                    best = found
-        return best
+                if found is not None:
+                    return found
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------- sources
