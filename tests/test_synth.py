@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from synth_fake_api import create_app, deterministic_reply, serve
 from typer.testing import CliRunner
 
 from chatloom.conversation import ValidationError, load
@@ -28,6 +27,8 @@ from chatloom.synth import (
 )
 from chatloom.synth.filters import check, is_polite_closing, is_refusal
 from chatloom.synth.store import AppendOnlyJsonl, recover
+
+from .synth_fake_api import create_app, deterministic_reply, serve
 
 SEEDS = [Seed("topic", "how volcanoes form"), Seed("question", "Why is the sky blue?"), Seed("topic", "sourdough bread")]
 

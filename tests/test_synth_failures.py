@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import time
 
-from synth_fake_api import create_app, serve
-
 from chatloom.conversation import load
 from chatloom.synth import ModelSpec, RetryPolicy, Seed, SynthConfig, plan, run, synth_id
+
+from .synth_fake_api import create_app, serve
 
 SEEDS = [Seed("topic", "ALWAYS-500 tides"), Seed("topic", "ALWAYS-STALL comets"), Seed("topic", "FLAKY ferns"),
          Seed("topic", "plain lighthouses")]

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from synth_fake_api import create_app, serve
-
 from chatloom.synth import ModelSpec, RetryPolicy, Seed, SynthConfig, run, synth_id
+
+from .synth_fake_api import create_app, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 14

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from synth_fake_api import serve
 
 from chatloom.synth import FilterConfig, ModelSpec, RetryPolicy, Sampling, Seed, SynthConfig, plan, run
+
+from .synth_fake_api import serve
 
 
 def tiny_model_dir(tmp_path):
