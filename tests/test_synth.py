@@ -192,6 +192,44 @@ def test_to_label_without_the_labeling_app_is_a_clear_error(tmp_path, monkeypatc
         handoff.to_label(tmp_path / "x.jsonl", "proj")
 
 
+def test_cli_to_label_hands_complete_runs_to_import_conversations(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from chatloom.cli import app
+
+    calls = []
+    fake = types.ModuleType("chatloom.label")
+    fake.import_conversations = lambda db_url, project, convs: calls.append((db_url, project, convs)) or len(convs)
+    monkeypatch.setitem(sys.modules, "chatloom.label", fake)
+    topics = tmp_path / "t.txt"
+    topics.write_text("kites\n")
+    out = tmp_path / "l.jsonl"
+    with serve(create_app()) as url:
+        args = ["synth", "--topics", str(topics), "--user-model", f"sim@{url}", "--assistant-model", f"helper@{url}",
+                "--turns", "2", "--n", "3", "-o", str(out), "--no-progress", "--to-label", "review-synth",
+                "--label-db", f"sqlite:///{tmp_path / 'label.db'}"]
+        r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "handed 3 conversations to labeling project 'review-synth'" in r.output
+    [(db_url, project, convs)] = calls
+    assert (db_url, project) == (f"sqlite:///{tmp_path / 'label.db'}", "review-synth")
+    assert sorted(c.id for c in convs) == [synth_id(0, i) for i in range(3)]
+    assert all(c.meta["source"] == "synth" for c in convs)
+
+
+def test_to_label_into_the_real_labeling_app(tmp_path):
+    pytest.importorskip("chatloom.label.transfer")
+    from chatloom.synth.handoff import to_label
+
+    out = tmp_path / "s.jsonl"
+    with serve(create_app()) as url:
+        assert run(config(url, out, n=3, system="You are Loom.")).complete
+    db = f"sqlite:///{tmp_path / 'label.db'}"
+    assert to_label(out, "synth-review", db) == 3
+    assert to_label(out, "synth-review", db) == 0  # handing the same output over again adds nothing
+
+
 # ------------------------------------------------------------------------------------------------------- pure parts
 
 
