@@ -52,7 +52,7 @@ def create_app(*, delay: float = 0.0, action: Callable[[dict, int], str] | None 
         if isinstance(fate, int):
             return JSONResponse({"error": {"message": f"injected {fate}", "type": "server_error"}}, status_code=fate)
         if fate == "stall":
-            await asyncio.sleep(30)  # far past the client's timeout; the test server is shut down with force_exit
+            await asyncio.sleep(30)  # far past the client's timeout; shutting the test server down cancels it
         text = reply(body)
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
         return {"id": f"chatcmpl-{number}", "object": "chat.completion", "created": int(time.time()),
@@ -71,7 +71,7 @@ def serve(app: FastAPI):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 10
@@ -82,7 +82,8 @@ def serve(app: FastAPI):
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        server.should_exit = True
+        server.should_exit = True  # graceful first (stalled requests are cancelled after 1 s), then forced
+        thread.join(timeout=3)
         server.force_exit = True
         thread.join(timeout=5)
         sock.close()

@@ -44,15 +44,15 @@ def test_synth_against_chatloom_serve_with_a_tiny_model(tmp_path):
         # prompts inside the tiny model's 512 positions.
         cfg = SynthConfig(seeds=[Seed("topic", "tides"), Seed("question", "Why is the sky blue?")],
                           user_model=ModelSpec.parse(f"tiny@{url}"), assistant_model=ModelSpec.parse(f"tiny@{url}"),
-                          n=4, out=out, turns=(1, 2), concurrency=2, progress=False,
-                          user_sampling=Sampling(temperature=1.0, max_tokens=12),
-                          assistant_sampling=Sampling(temperature=1.0, max_tokens=12),
+                          n=3, out=out, turns=(1, 2), concurrency=2, progress=False,
+                          user_sampling=Sampling(temperature=1.0, max_tokens=8),
+                          assistant_sampling=Sampling(temperature=1.0, max_tokens=8),
                           filters=FilterConfig(min_chars=1, enabled=frozenset()), max_attempts=5,
                           retry=RetryPolicy(max_retries=1, timeout=60, backoff_base=0.05))
         result = run(cfg)
     assert result.complete, result.summary["this_run"]
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 4 and len({r["id"] for r in records}) == 4
+    assert len(records) == 3 and len({r["id"] for r in records}) == 3
     for r in records:
         info = r["meta"]["synth"]
         assert len(r["messages"]) == 2 * plan(cfg, info["index"]).turns

@@ -140,7 +140,7 @@ def _classify(e: Exception) -> tuple[str, bool, bool]:
     """(reason, retryable, fatal) for an exception raised by the openai client."""
     import openai
 
-    if isinstance(e, openai.APITimeoutError):
+    if isinstance(e, openai.APITimeoutError | TimeoutError):
         return "timeout", True, False
     if isinstance(e, openai.APIConnectionError):
         return "connection", True, False
@@ -174,10 +174,11 @@ class ChatEndpoint:
                 await asyncio.sleep(self.retry.delay(attempt - 1))
             self.usage.requests += 1
             try:
-                response = await self.client.chat.completions.create(
-                    model=self.spec.name, messages=messages, temperature=self.sampling.temperature,
-                    top_p=self.sampling.top_p, max_tokens=self.sampling.max_tokens,
-                    seed=openai.omit if seed is None else seed)
+                async with asyncio.timeout(self.retry.timeout):  # a hard bound, also for servers that trickle bytes
+                    response = await self.client.chat.completions.create(
+                        model=self.spec.name, messages=messages, temperature=self.sampling.temperature,
+                        top_p=self.sampling.top_p, max_tokens=self.sampling.max_tokens,
+                        seed=openai.omit if seed is None else seed)
             except Exception as e:  # noqa: BLE001 - classified below; unknown kinds re-raise
                 reason, retryable, fatal = _classify(e)
                 self.usage.errors[reason] = self.usage.errors.get(reason, 0) + 1
