@@ -103,9 +103,11 @@ def synth(
         _fail(str(e))
     s = result.summary
     this = s["this_run"]
+    filtered = ", ".join(f"{k} {v}" for k, v in this["filtered"].items())
+    failed = ", ".join(f"{k} {v}" for k, v in this["failed"].items())
     err.print(f"{s['written']}/{s['n']} conversations in {result.out} (+{this['generated']} this run); "
-              f"filtered {sum(this['filtered'].values())} {this['filtered'] or ''}; "
-              f"failed {len(this['failed_indices'])} {this['failed'] or ''}; summary: {result.summary_path}",
+              f"filtered {sum(this['filtered'].values())}{f' ({filtered})' if filtered else ''}; "
+              f"failed {len(this['failed_indices'])}{f' ({failed})' if failed else ''}; summary: {result.summary_path}",
               highlight=False)
     err.print("tokens: " + json.dumps({r: {k: u[k] for k in ("prompt_tokens", "completion_tokens", "cost_usd")}
                                         for r, u in s["usage"].items()}), highlight=False)
