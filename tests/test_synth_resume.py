@@ -78,3 +78,18 @@ def test_sigkill_mid_run_then_restart_gives_exactly_n(tmp_path):
         return {d["id"]: d["messages"] for d in map(json.loads, lines(path))}
 
     assert by_id(out) == by_id(reference)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    import fcntl
+
+    import pytest
+
+    from chatloom.synth import OutputBusy
+
+    out = tmp_path / "busy.jsonl"
+    with out.open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running synth holds on its output
+        with pytest.raises(OutputBusy, match="another synth run"):
+            run(SynthConfig(seeds=[Seed("topic", "x")], user_model=ModelSpec.parse("a@http://127.0.0.1:9/v1"),
+                            assistant_model=ModelSpec.parse("a@http://127.0.0.1:9/v1"), n=1, out=out, progress=False))

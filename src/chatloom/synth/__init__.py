@@ -7,8 +7,8 @@ from .filters import REASONS as FILTER_REASONS
 from .filters import FilterConfig
 from .generate import Plan, SynthConfig, SynthResult, plan, run, run_async
 from .prompts import DEFAULT_PERSONAS, Seed, load_personas, load_seeds
-from .store import synth_id
+from .store import OutputBusy, synth_id
 
-__all__ = ["KEY_ENV_VARS", "DEFAULT_PERSONAS", "EndpointError", "FILTER_REASONS", "FilterConfig", "ModelSpec", "Plan",
+__all__ = ["KEY_ENV_VARS", "DEFAULT_PERSONAS", "EndpointError", "FILTER_REASONS", "FilterConfig", "ModelSpec", "OutputBusy", "Plan",
            "RetryPolicy", "Sampling", "Seed", "SpecError", "SynthConfig", "SynthResult", "load_personas", "load_seeds",
            "plan", "run", "run_async", "synth_id"]

@@ -13,6 +13,7 @@ from .endpoints import ModelSpec, RetryPolicy, Sampling, SpecError
 from .filters import REASONS, FilterConfig
 from .generate import SynthConfig, run
 from .prompts import DEFAULT_PERSONAS, load_personas, load_seeds
+from .store import OutputBusy
 
 err = Console(stderr=True)
 
@@ -99,7 +100,7 @@ def synth(
             max_attempts=max_attempts, user_price=parse_price(user_price), assistant_price=parse_price(assistant_price),
             progress=progress)
         result = run(config)
-    except (ValidationError, SpecError, FileNotFoundError, ValueError) as e:
+    except (ValidationError, SpecError, FileNotFoundError, ValueError, OutputBusy) as e:
         _fail(str(e))
     s = result.summary
     this = s["this_run"]

@@ -105,7 +105,7 @@ class SynthResult:
 class _Run:
     """The state of one invocation: endpoints, counters, the output writers and the summary."""
 
-    def __init__(self, config: SynthConfig):
+    def __init__(self, config: SynthConfig, *, fresh: bool):
         self.config = config
         self.summary_path = sidecar(config.out, "summary")
         self.rejects_path = sidecar(config.out, "rejects")
@@ -122,7 +122,7 @@ class _Run:
         self.generated = 0
         self.fatal: str | None = None
         self.started = time.time()
-        self.previous = _read_previous(self.summary_path, config)
+        self.previous = None if fresh else _read_previous(self.summary_path, config)
         self.last_summary = 0.0
 
     # ---------------------------------------------------------------------------------------------- one conversation
@@ -251,7 +251,7 @@ def _read_previous(path: Path, config: SynthConfig) -> dict | None:
     """The summary of earlier runs into the same output (their usage and filter counts carry over)."""
     import json
 
-    if not path.exists() or not config.out.exists():
+    if not path.exists():
         return None
     try:
         prev = json.loads(path.read_text(encoding="utf-8"))
@@ -262,11 +262,15 @@ def _read_previous(path: Path, config: SynthConfig) -> dict | None:
 
 async def run_async(config: SynthConfig) -> SynthResult:
     """Generate the conversations missing from `config.out` (all N on a fresh run); see `run`."""
-    recovered = recover(config.out, config.seed)
+    out = AppendOnlyJsonl(config.out, exclusive=True)  # locked before recovery, which may truncate a torn line
+    try:
+        recovered = recover(config.out, config.seed)
+    except BaseException:
+        out.close()
+        raise
     todo = [i for i in range(config.n) if i not in recovered.done]
-    state = _Run(config)
+    state = _Run(config, fresh=config.out.stat().st_size == 0)
     written: set[int] = set()
-    out = AppendOnlyJsonl(config.out)
     rejects = AppendOnlyJsonl(state.rejects_path)
     progress = _progress(config, len(recovered.done & set(range(config.n))))
     pending = iter(todo)

@@ -8,6 +8,7 @@ line, never skipped silently.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -73,13 +74,24 @@ def _index_of(raw: bytes, out: Path, line_no: int, run_seed: int, done: set[int]
     return index
 
 
-class AppendOnlyJsonl:
-    """A JSONL file that only grows, one complete line per `write` call."""
+class OutputBusy(RuntimeError):
+    """Another process is writing the same output file."""
 
-    def __init__(self, path: Path):
+
+class AppendOnlyJsonl:
+    """A JSONL file that only grows, one complete line per `write` call. With `exclusive`, holds an advisory lock for
+    its lifetime (released by the OS even on SIGKILL), so two runs can never append to the same output."""
+
+    def __init__(self, path: Path, *, exclusive: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if exclusive:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self.fd)
+                raise OutputBusy(f"{path}: another synth run is writing this file; wait for it or stop it") from None
 
     def write(self, record: dict) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
