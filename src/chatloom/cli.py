@@ -11,16 +11,18 @@ from rich.console import Console
 from . import protocols as protocols_mod
 from .conversation import ValidationError
 from .conversation import load as load_conversations
-from .synth.cli import synth as synth_command
+from .serve import cli as serve_cli
+from .synth import cli as synth_cli
 from .tokenizers import load_tokenizer, train_bpe
 
 app = typer.Typer(help="chatloom: post-train language models on conversations.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
-app.command("synth")(synth_command)
+app.command("chat")(serve_cli.chat); app.command("serve")(serve_cli.serve)  # noqa: E702
+app.command("synth")(synth_cli.synth)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 PACKAGE_DIR = Path(__file__).parent
 EXAMPLE = PACKAGE_DIR / "examples" / "seed.jsonl"

@@ -199,6 +199,7 @@ class _Skeleton:
         self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
         self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
         self._split_cache: dict[str, list] = {}
+        self._parts_cache: dict[tuple, list[Part]] = {}
 
     @classmethod
     def learn(cls, proto: TemplateProtocol) -> _Skeleton | None:
@@ -277,21 +278,24 @@ class _Skeleton:
         msgs = conv.messages
         escape = self.proto.escaper.escape
         n = len(msgs)
-        out = self._gap_parts(self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)], NO_MESSAGE, False, 0)
+        out = list(self._gap_parts(self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)], NO_MESSAGE, False, 0))
         for j, m in enumerate(msgs):
             supervised = m.role == "assistant" and m.train
             text = m.content.strip() if self.trim else m.content
             out.append(Part(text=escape(text) if text else "", message=j, supervised=supervised))
             gap = self.gap[(m.role, msgs[j + 1].role, j == 0)] if j + 1 < n else self.last[(m.role, n == 1, gen)]
             out += self._gap_parts(gap, j, supervised, j + 1 if j + 1 < n else NO_MESSAGE)
-        for p in out:
-            if p.text is not None and self.proto.escaper.ESCAPE_CHAR in p.text:
-                p.text = self.proto.escaper.unescape(p.text)
-        return out
+        esc = self.proto.escaper.ESCAPE_CHAR
+        return [Part(text=self.proto.escaper.unescape(p.text), message=p.message, supervised=p.supervised)
+                if p.text is not None and esc in p.text else p for p in out]
 
     def _gap_parts(self, gap: str, before: int, supervised: bool, after: int) -> list[Part]:
         """The fixed text between two contents as parts: up to the first control token it closes the message before
         (supervised through the end-of-turn token when that message is a trained assistant turn), then it opens the next."""
+        key = (gap, before, supervised, after)
+        cached = self._parts_cache.get(key)
+        if cached is not None:
+            return cached  # shared Part objects: gap text is never escaped, so nothing downstream changes them
         pieces = self._split_cache.get(gap)
         if pieces is None:
             pieces = [(kind, value) for kind, value, _ in self.proto._splitter.split(gap)]
@@ -304,6 +308,8 @@ class _Skeleton:
             sup = supervised and in_turn
             out.append(Part(token=value, message=owner, supervised=sup) if kind == "token"
                        else Part(text=value, message=owner, supervised=sup))
+        if len(self._parts_cache) < 65536:
+            self._parts_cache[key] = out
         return out
 
     def parse(self, s: str) -> list[tuple[str, str]] | None:

@@ -1,0 +1,173 @@
+"""Decoding speed: chatloom's engine versus transformers `generate()` on the same model and prompts (greedy).
+
+The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
+built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
+numbers are new tokens per second of the same work. Optionally (--server) it also measures an OpenAI-compatible
+`chatloom serve` with 8 concurrent clients. Timings on a shared CPU are noisy: read the ratios, measured in the same run.
+
+    python bench/generate.py [--new 64] [--dtype float32|bfloat16] [--batch 1 8] [--server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from chatloom import protocols
+from chatloom.cli import DEFAULT_TOKENIZER
+from chatloom.conversation import Conversation
+from chatloom.engine import Engine, SamplingParams
+from chatloom.tokenizers import load_tokenizer
+
+PROMPTS = ["Explain how a hash map works.", "Write a haiku about the sea.", "What is the capital of France, and why?",
+           "List three uses of Python decorators.", "How do I reverse a list?", "Summarize the plot of Hamlet.",
+           "What is 17 times 23?", "Give me a recipe for pancakes."]
+
+
+def smollm2_shape(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                       num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=2048,
+                       tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0)
+
+
+def build(dtype: torch.dtype):
+    tok = load_tokenizer(str(DEFAULT_TOKENIZER))
+    proto = protocols.get("chatml", tok)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(smollm2_shape(49152)).to(dtype).eval()
+    return model, proto
+
+
+def no_stop_engine(model, proto) -> Engine:
+    engine = Engine(model, proto)
+    engine.stop_ids = set()  # generate exactly max_tokens, like generate(min_new_tokens=...)
+    return engine
+
+
+def time_engine(engine: Engine, convs, new: int) -> float:
+    start = time.perf_counter()
+    out = engine.generate(convs, SamplingParams(max_tokens=new, temperature=0))
+    elapsed = time.perf_counter() - start
+    assert all(c.completion_tokens == new for c in out), [c.completion_tokens for c in out]
+    return len(convs) * new / elapsed
+
+
+def time_hf(model, proto, convs, new: int) -> float:
+    prompts = [proto.prompt(c) for c in convs]
+    width = max(map(len, prompts))
+    pad = proto.end_of_turn_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                             pad_token_id=pad, eos_token_id=None)
+    elapsed = time.perf_counter() - start
+    assert out.shape[1] - width == new
+    return len(convs) * new / elapsed
+
+
+def bench_models(args) -> dict:
+    results = {}
+    for dtype_name in args.dtype:
+        dtype = getattr(torch, dtype_name)
+        model, proto = build(dtype)
+        engine = no_stop_engine(model, proto)
+        for batch in args.batch:
+            convs = [Conversation.of(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
+            time_engine(engine, convs, 4)  # warm up both
+            time_hf(model, proto, convs, 4)
+            ours, ref = [], []
+            for _ in range(args.repeats):  # interleaved, so both sides see the same load on a shared CPU
+                ours.append(time_engine(engine, convs, args.new))
+                ref.append(time_hf(model, proto, convs, args.new))
+            ours, ref = statistics.median(ours), statistics.median(ref)
+            results[f"{dtype_name}/batch{batch}"] = {"chatloom_tok_s": round(ours, 2), "transformers_generate_tok_s": round(ref, 2),
+                                                     "ratio": round(ours / ref, 2)}
+            print(json.dumps({f"{dtype_name}/batch{batch}": results[f"{dtype_name}/batch{batch}"]}), flush=True)
+    if "float32" in args.dtype and "bfloat16" in args.dtype:
+        fp32, bf16 = results.get("float32/batch1"), results.get("bfloat16/batch1")
+        if fp32 and bf16:
+            results["chatloom_bf16_vs_transformers_fp32_batch1"] = round(bf16["chatloom_tok_s"] / fp32["transformers_generate_tok_s"], 2)
+    return results
+
+
+def bench_server(args) -> dict:
+    """8 concurrent OpenAI clients against a real uvicorn server on loopback."""
+    import uvicorn
+    from openai import OpenAI
+
+    from chatloom.serve.app import create_app
+
+    dtype = getattr(torch, args.dtype[-1])
+    model, proto = build(dtype)
+    engine = no_stop_engine(model, proto)
+    with tempfile.TemporaryDirectory():
+        app = create_app(engine, model_name="bench")
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+        tokens, latencies = [], []
+
+        def one(i):
+            t = time.perf_counter()
+            r = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": PROMPTS[i % 8]}],
+                                               max_tokens=args.new, temperature=0)
+            latencies.append(time.perf_counter() - t)
+            tokens.append(r.usage.completion_tokens)
+
+        one(0)
+        tokens.clear()
+        latencies.clear()
+        start = time.perf_counter()
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+        server.should_exit = True
+        thread.join(timeout=10)
+    return {f"server/{args.clients}_clients/{args.dtype[-1]}": {"completed_tok_s": round(sum(tokens) / elapsed, 2),
+                                                               "requests": len(tokens),
+                                                               "median_latency_s": round(statistics.median(latencies), 2)}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new", type=int, default=64, help="new tokens per sequence")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
+    parser.add_argument("--server", action="store_true")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {"model": "SmolLM2-135M shape, random weights", "new_tokens": args.new, "torch_threads": torch.get_num_threads()}
+    results.update(bench_models(args))
+    if args.server:
+        results.update(bench_server(args))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

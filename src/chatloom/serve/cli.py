@@ -1,0 +1,64 @@
+"""`chatloom chat` and `chatloom serve`: thin commands over the Engine, the terminal session and the HTTP app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _engine(model: Path, protocol: str | None, dtype: str | None, max_context: int | None):
+    from rich.console import Console
+
+    from ..engine import Engine
+
+    try:
+        return Engine.from_pretrained(model, protocol=protocol, dtype=dtype, max_context=max_context)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        Console(stderr=True).print(f"[bold red]error:[/] cannot load {model}: {e}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def chat(
+    model: Path = typer.Option(..., "--model", "-m", help="Model directory (HF format, e.g. a chatloom training output)."),
+    protocol: str = typer.Option(None, "--protocol", "-p", help="Override the protocol (default: the model's own)."),
+    system: str = typer.Option(None, "--system", help="System message."),
+    temperature: float = typer.Option(0.7, "--temperature"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
+    max_tokens: int = typer.Option(512, "--max-tokens"),
+    seed: int = typer.Option(None, "--seed"),
+    dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: as saved)."),
+    max_context: int = typer.Option(None, "--max-context", help="Context window (default: the model's)."),
+):
+    """Chat with a model in the terminal (streaming; /system TEXT, /reset, /save FILE, /tokens, /quit)."""
+    from ..engine import SamplingParams
+    from .repl import run
+
+    engine = _engine(model, protocol, dtype, max_context)
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                            repetition_penalty=repetition_penalty, seed=seed)
+    run(engine, params, system)
+
+
+def serve(
+    model: Path = typer.Option(..., "--model", "-m", help="Model directory (HF format)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    api_key: str = typer.Option(None, "--api-key", envvar="CHATLOOM_API_KEY", help="Require Authorization: Bearer KEY on /v1."),
+    protocol: str = typer.Option(None, "--protocol", "-p", help="Override the protocol (default: the model's own)."),
+    dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: as saved)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together."),
+    max_context: int = typer.Option(None, "--max-context"),
+    name: str = typer.Option(None, "--name", help="Model name in the API (default: the directory name)."),
+):
+    """Serve a model: OpenAI-compatible API at /v1 and a chat page at /."""
+    import uvicorn
+
+    from .app import create_app
+
+    engine = _engine(model, protocol, dtype, max_context)
+    app = create_app(engine, api_key=api_key, model_name=name or model.resolve().name, max_batch=max_batch)
+    typer.echo(f"chatloom serving {model} at http://{host}:{port}/ (API: http://{host}:{port}/v1)")
+    uvicorn.run(app, host=host, port=port, log_level="info")

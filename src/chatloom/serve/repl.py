@@ -1,0 +1,121 @@
+"""`chatloom chat`: talk to a model in the terminal. Replies stream as they are sampled; the conversation is multi-turn.
+
+Commands: `/system TEXT` (set the system message), `/reset` (forget the turns), `/save FILE` (append nothing, write the
+conversation as one Conversation JSONL record), `/tokens` (the token view of the conversation so far), `/help`, `/quit`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from ..conversation import Conversation, Message, save
+from ..engine import ContextWindowError, Engine, SamplingParams
+
+HELP = ("/system TEXT  set the system message · /reset  start over · /save FILE  write the conversation (JSONL) · "
+        "/tokens  show the conversation as tokens · /quit")
+
+
+class ChatSession:
+    """The state of a terminal chat: system message, turns, and the commands that act on them."""
+
+    def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None,
+                 out=None, console: Console | None = None):
+        self.engine, self.params, self.system = engine, params, system
+        self.turns: list[Message] = []
+        self.out = out or sys.stdout
+        self.console = console or Console(file=self.out, highlight=False)
+
+    def conversation(self) -> Conversation:
+        messages = ([Message("system", self.system)] if self.system else []) + self.turns
+        return Conversation(messages)
+
+    def handle(self, line: str) -> bool:
+        """One line of input; returns False when the session should end."""
+        line = line.rstrip("\n")
+        if not line.strip():
+            return True
+        if line.startswith("/"):
+            return self.command(line)
+        self.turns.append(Message("user", line))
+        self.reply()
+        return True
+
+    def command(self, line: str) -> bool:
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/help":
+            self.say(HELP)
+        elif name == "/system":
+            self.system = arg or None
+            self.say(f"system message {'set' if arg else 'cleared'}")
+        elif name == "/reset":
+            self.turns = []
+            self.say("conversation reset")
+        elif name == "/save":
+            if not arg:
+                self.say("usage: /save FILE")
+            elif not self.turns:
+                self.say("nothing to save yet")
+            else:
+                save([self.conversation()], Path(arg))
+                self.say(f"saved {len(self.conversation().messages)} messages to {arg}")
+        elif name == "/tokens":
+            self.show_tokens()
+        else:
+            self.say(f"unknown command {name}; {HELP}")
+        return True
+
+    def show_tokens(self):
+        from ..protocols import view
+
+        if not self.turns:
+            self.say("no messages yet")
+            return
+        conv = self.conversation()
+        self.console.print(view.to_rich(conv, self.engine.protocol.render(conv), self.engine.protocol))
+
+    def reply(self):
+        conv = self.conversation()
+        self.out.write("assistant> ")
+        self.out.flush()
+        try:
+            for delta in self.engine.stream(conv, self.params):
+                self.out.write(delta)
+                self.out.flush()
+        except ContextWindowError as e:
+            self.turns.pop()
+            self.out.write("\n")
+            self.say(f"error: {e}")
+            return
+        completion = self.engine.last_completion
+        self.out.write("\n")
+        note = f"[{completion.completion_tokens} tokens, {completion.finish_reason}"
+        if completion.dropped_messages:
+            note += f", {completion.dropped_messages} oldest messages left out to fit the context"
+        self.say(note + "]")
+        self.turns.append(completion.to_message())
+
+    def say(self, text: str):
+        self.console.print(text, style="dim", markup=False)
+
+
+def run(engine: Engine, params: SamplingParams, system: str | None = None, stdin=None) -> ChatSession:
+    stdin = stdin or sys.stdin
+    session = ChatSession(engine, params, system)
+    interactive = stdin.isatty()
+    session.say(f"chatloom chat · {engine.name} · protocol {engine.protocol.name} · {HELP}")
+    while True:
+        if interactive:
+            session.out.write("you> ")
+            session.out.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        if not session.handle(line):
+            break
+    return session
