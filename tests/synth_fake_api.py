@@ -44,8 +44,11 @@ def create_app(*, delay: float = 0.0, action: Callable[[dict, int], str] | None 
         app.state.requests += 1
         number = app.state.requests
         fate = action(body, number) if action else "ok"
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
-            fate = 401
+        sent = request.headers.get("authorization", "")
+        if api_key is not None and sent != f"Bearer {api_key}":  # like real APIs, echo (part of) the key sent
+            app.state.log.append((number, 401, body))
+            return JSONResponse({"error": {"message": f"Incorrect API key provided: {sent.removeprefix('Bearer ')}",
+                                           "type": "invalid_request_error"}}, status_code=401)
         app.state.log.append((number, fate, body))
         if delay:
             await asyncio.sleep(delay)

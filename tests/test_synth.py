@@ -152,11 +152,15 @@ def test_api_key_comes_from_the_environment_and_is_never_written(tmp_path, monke
     for f in tmp_path.iterdir():
         assert secret not in f.read_text(), f
 
-    monkeypatch.setenv("CHATLOOM_SYNTH_API_KEY", "wrong")
+    wrong = "sk-wrong-key-that-the-server-echoes"
+    monkeypatch.setenv("CHATLOOM_SYNTH_API_KEY", wrong)
     with serve(create_app(api_key=secret)) as url:  # a 401 stops the run at once, with a clear reason
         result = run(config(url, tmp_path / "bad.jsonl", n=4))
     assert not result.complete and "http_401" in result.summary["this_run"]["fatal"]
+    assert "Incorrect API key provided: <key>" in result.summary["this_run"]["fatal"]
     assert result.summary["usage"]["user"]["retries"] == 0
+    for f in tmp_path.iterdir():  # the server echoed the wrong key; it is redacted everywhere
+        assert wrong not in f.read_text() and "sk-wrong" not in f.read_text(), f
 
 
 def test_cli_end_to_end(tmp_path):

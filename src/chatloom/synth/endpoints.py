@@ -20,6 +20,7 @@ KEY_ENV_VARS = ("CHATLOOM_SYNTH_API_KEY", "OPENAI_API_KEY")
 FATAL_STATUS = {401, 403, 404}
 RETRYABLE_STATUS = {408, 409, 425, 429}
 
+_KEY_LIKE = re.compile(r"\b(?:sk|pk|rk|key|api)[-_][A-Za-z0-9_\-*.]{6,}", re.IGNORECASE)
 _SPEC = re.compile(r"^(?P<name>[^\s]+?)@(?P<url>https?://\S+)$")
 
 
@@ -161,8 +162,15 @@ class ChatEndpoint:
         from openai import AsyncOpenAI  # imported here so `chatloom --help` stays fast
 
         self.spec, self.role, self.retry, self.sampling, self.usage = spec, role, retry, sampling, usage
-        self.client = AsyncOpenAI(base_url=spec.base_url, api_key=api_key(role) or "not-needed",
+        self._key = api_key(role)
+        self.client = AsyncOpenAI(base_url=spec.base_url, api_key=self._key or "not-needed",
                                   timeout=retry.timeout, max_retries=0)
+
+    def redact(self, text: str) -> str:
+        """An error message safe to record: servers echo keys (even partly masked) in 401 bodies."""
+        if self._key:
+            text = text.replace(self._key, "<key>")
+        return _KEY_LIKE.sub("<key>", text)
 
     async def complete(self, messages: list[dict], *, seed: int | None = None) -> Reply:
         import openai
@@ -182,9 +190,10 @@ class ChatEndpoint:
             except Exception as e:  # noqa: BLE001 - classified below; unknown kinds re-raise
                 reason, retryable, fatal = _classify(e)
                 self.usage.errors[reason] = self.usage.errors.get(reason, 0) + 1
-                last = f"{reason} ({type(e).__name__}: {str(e)[:200]})"
+                message = self.redact(str(e))
+                last = f"{reason} ({type(e).__name__}: {message[:200]})"
                 if fatal:
-                    raise EndpointError(self.role, reason, f"{self.spec.label}: {str(e)[:300]}", fatal=True) from e
+                    raise EndpointError(self.role, reason, f"{self.spec.label}: {message[:300]}", fatal=True) from e
                 if not retryable:
                     raise EndpointError(self.role, reason, last) from e
                 continue

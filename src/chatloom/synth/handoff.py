@@ -34,7 +34,10 @@ def to_label(out: str | Path, project: str, db_url: str | None = None) -> int:
     label = _label_package()
     db_url = db_url or DEFAULT_LABEL_DB
     if hasattr(label, "import_conversations"):
-        result = label.import_conversations(db_url, project, list(load(out)))
+        try:
+            result = label.import_conversations(db_url, project, list(load(out)))
+        except Exception as e:  # the labeling app's own error, reported as such
+            raise HandoffError(f"the labeling app refused the conversations: {e}") from e
         return result if isinstance(result, int) else getattr(result, "conversations", 0)
     try:
         from ..label import service, transfer
@@ -42,10 +45,13 @@ def to_label(out: str | Path, project: str, db_url: str | None = None) -> int:
     except ImportError as e:
         raise HandoffError(f"chatloom.label offers no import entry point synth knows ({e}); "
                            "the conversations are in the output file, import them with `chatloom label import`") from e
-    with Database(db_url).session() as session:
-        try:
-            proj = service.project_by_name(session, project)
-        except service.NotFound:
-            proj = service.create_project(session, project)
-        report = transfer.import_file(session, proj, Path(out))
+    try:
+        with Database(db_url).session() as session:
+            try:
+                proj = service.project_by_name(session, project)
+            except service.NotFound:
+                proj = service.create_project(session, project)
+            report = transfer.import_file(session, proj, Path(out))
+    except Exception as e:  # the labeling app's own error, reported as such
+        raise HandoffError(f"the labeling app refused the conversations: {e}") from e
     return report.conversations
