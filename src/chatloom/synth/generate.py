@@ -9,6 +9,7 @@ them) pull indices still missing from the output, so a restarted run continues e
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
@@ -124,6 +125,7 @@ class _Run:
         self.started = time.time()
         self.previous = None if fresh else _read_previous(self.summary_path, config)
         self.last_summary = 0.0
+        self.torn_bytes = 0
 
     # ---------------------------------------------------------------------------------------------- one conversation
     async def generate(self, p: Plan, attempt: int) -> tuple[Conversation | None, Rejection | None, dict]:
@@ -219,7 +221,7 @@ class _Run:
                 "filtered": dict(self.filtered), "gave_up_after_attempts": sorted(self.gave_up)[:MAX_LISTED],
                 "failed": dict(self.failed),
                 "failed_indices": {str(k): v for k, v in sorted(self.failed_indices.items())[:MAX_LISTED]},
-                "fatal": self.fatal,
+                "fatal": self.fatal, "torn_line_bytes_truncated": self.torn_bytes,
                 "usage": {role: u.to_dict() for role, u in self.usage.items()},
             },
             "config": {
@@ -249,8 +251,6 @@ def _by_model(usage: dict[str, dict]) -> dict[str, dict]:
 
 def _read_previous(path: Path, config: SynthConfig) -> dict | None:
     """The summary of earlier runs into the same output (their usage and filter counts carry over)."""
-    import json
-
     if not path.exists():
         return None
     try:
@@ -270,6 +270,7 @@ async def run_async(config: SynthConfig) -> SynthResult:
         raise
     todo = [i for i in range(config.n) if i not in recovered.done]
     state = _Run(config, fresh=config.out.stat().st_size == 0)
+    state.torn_bytes = recovered.torn_bytes
     written: set[int] = set()
     rejects = AppendOnlyJsonl(state.rejects_path)
     progress = _progress(config, len(recovered.done & set(range(config.n))))
@@ -304,7 +305,6 @@ async def run_async(config: SynthConfig) -> SynthResult:
         rejects.close()
         await state.close()
         summary = state.summary(recovered.done, written)
-        summary["this_run"]["torn_line_bytes_truncated"] = recovered.torn_bytes
         write_json_atomic(state.summary_path, summary)
     return SynthResult(config.out, state.summary_path, state.rejects_path, summary)
 
