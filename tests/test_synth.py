@@ -59,6 +59,7 @@ def test_generates_n_conversations_with_planned_turns_and_provenance(tmp_path):
         assert 2 <= info["turns"] == p.turns <= 4
         seen_turns.add(p.turns)
         assert c.meta["source"] == "synth"
+        assert c.meta["authors"] == ["model:sim-user", "model:helper"] * p.turns
         assert info["seed"] == SEEDS[info["index"] % 3].to_dict()
         assert info["persona"] == p.persona
         assert info["user_model"] == {"name": "sim-user", "endpoint": url}
@@ -338,3 +339,24 @@ def test_recover_refuses_foreign_or_duplicated_records(tmp_path):
     out.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(ValidationError, match="not a chatloom synth record"):
         recover(out, 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**31), st.integers(0, 10**9), st.integers(1, 6), st.integers(0, 6))
+def test_plan_holds_for_any_seed_and_index(run_seed, index, lo, extra):
+    cfg = SynthConfig(seeds=SEEDS, user_model=ModelSpec.parse("a@http://h/v1"), assistant_model=ModelSpec.parse(
+        "a@http://h/v1"), n=1, out=Path("unused.jsonl"), turns=(lo, lo + extra), seed=run_seed)
+    p = plan(cfg, index)
+    assert lo <= p.turns <= lo + extra and len(p.followup_moves) == p.turns - 1
+    assert p.seed == SEEDS[index % len(SEEDS)] and p == plan(cfg, index)
+
+
+@given(st.text())
+def test_clean_user_text_only_removes_a_label_quotes_and_outer_space(text):
+    from chatloom.synth.prompts import clean_user_text
+
+    cleaned = clean_user_text(text)
+    assert cleaned == cleaned.strip() and len(cleaned) <= len(text.strip())
+    assert cleaned in text  # nothing is rewritten, only cut from the ends
+    assert clean_user_text("User: " + text.strip() + " ") == clean_user_text(text.strip()) or text.strip().lower().startswith(
+        ("user:", "[user]", "**user"))

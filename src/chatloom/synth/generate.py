@@ -156,6 +156,8 @@ class _Run:
                           config=cfg.filters)
         if rejection:
             return None, rejection, {"messages": messages, "meta": meta}
+        meta["authors"] = [f"model:{(cfg.user_model if m['role'] == 'user' else cfg.assistant_model).name}"
+                           for m in messages if m["role"] != "system"]  # one per turn, as the labeling app reads it
         record = {"id": synth_id(cfg.seed, p.index), "messages": messages, "meta": meta}
         return Conversation.from_dict(record, require_assistant_end=True), None, record
 
