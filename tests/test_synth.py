@@ -85,6 +85,10 @@ def test_generates_n_conversations_with_planned_turns_and_provenance(tmp_path):
     helper_bodies = [b for _, _, b in log if b["model"] == "helper"]
     assert all(b["messages"][0] == {"role": "system", "content": "You are Loom."} for b in helper_bodies)
     assert all(isinstance(b["seed"], int) and b["max_tokens"] == 1024 for b in helper_bodies)
+    sent_seeds = {b["seed"] for _, _, b in log}
+    for c in convs:  # the per-turn sampling seeds recorded in meta are the ones the endpoints received
+        recorded = c.meta["synth"]["sampling"]["request_seeds"]
+        assert len(recorded) == 2 * c.meta["synth"]["turns"] and set(recorded) <= sent_seeds
 
 
 def test_rerun_of_a_complete_output_does_nothing(tmp_path):

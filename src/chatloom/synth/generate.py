@@ -134,6 +134,7 @@ class _Run:
         messages: list[dict] = [{"role": "system", "content": cfg.system}] if cfg.system else []
         finish: list[str | None] = []
         meta = self.meta(p, attempt)
+        request_seeds: list[int] = meta["synth"]["sampling"]["request_seeds"]  # one per turn, sent as `seed`
 
         def add(role: str, text: str, finish_reason: str | None) -> Rejection | None:
             messages.append({"role": role, "content": text})
@@ -146,10 +147,12 @@ class _Run:
                 ask = opening_request(p.seed, p.persona, p.opening_style)
             else:
                 ask = followup_request(p.seed, p.persona, p.followup_moves[turn - 1], messages)
-            reply = await self.user.complete(ask, seed=rng.randrange(2**31))
+            request_seeds.append(rng.randrange(2**31))
+            reply = await self.user.complete(ask, seed=request_seeds[-1])
             if rejection := add("user", clean_user_text(reply.text), reply.finish_reason):
                 return None, rejection, {"messages": messages, "meta": meta}
-            reply = await self.assistant.complete(messages, seed=rng.randrange(2**31))
+            request_seeds.append(rng.randrange(2**31))
+            reply = await self.assistant.complete(messages, seed=request_seeds[-1])
             if rejection := add("assistant", reply.text.strip(), reply.finish_reason):
                 return None, rejection, {"messages": messages, "meta": meta}
         rejection = check(messages, expected_turns=p.turns, finish_reasons=finish, allow_refusal=p.seed.allow_refusal,
@@ -170,7 +173,7 @@ class _Run:
             "user_model": {"name": cfg.user_model.name, "endpoint": cfg.user_model.endpoint},
             "assistant_model": {"name": cfg.assistant_model.name, "endpoint": cfg.assistant_model.endpoint},
             "sampling": {"user": asdict(cfg.user_sampling), "assistant": asdict(cfg.assistant_sampling),
-                         "seeded": True},
+                         "request_seeds": []},
             "system_prompt": cfg.system is not None,
         }}
 
