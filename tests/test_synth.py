@@ -147,6 +147,21 @@ def test_refusal_is_kept_when_the_seed_asks_for_it(tmp_path):
     assert all(c.messages[1].content == refusal for c in load(out))
 
 
+def test_verbatim_seed_questions_open_the_conversation_as_written(tmp_path):
+    out = tmp_path / "v.jsonl"
+    app = create_app()
+    seeds = [Seed("question", "Why is the sky blue?"), Seed("question", "What makes bread rise?")]
+    with serve(app) as url:
+        result = run(config(url, out, n=4, seeds=seeds, turns=(1, 2), verbatim_questions=True))
+    assert result.complete
+    for c in load(out):
+        info = c.meta["synth"]
+        assert c.messages[0].content == seeds[info["index"] % 2].text and info["verbatim_question"]
+        assert info["sampling"]["request_seeds"][0] is None
+    sim_requests = sum(1 for _, _, b in app.state.log if b["model"].startswith("sim"))
+    assert sim_requests == sum(c.meta["synth"]["turns"] - 1 for c in load(out))  # no simulator call for openings
+
+
 def test_api_key_comes_from_the_environment_and_is_never_written(tmp_path, monkeypatch):
     secret = "sk-test-0123456789abcdef-secret"
     monkeypatch.setenv("CHATLOOM_SYNTH_API_KEY", secret)

@@ -69,6 +69,7 @@ def synth(
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request before it counts as failed."),
     max_retries: int = typer.Option(4, "--max-retries", help="Retries per request (exponential backoff with jitter)."),
     backoff: float = typer.Option(1.0, "--backoff", help="First backoff in seconds (doubles per retry, max 30)."),
+    verbatim: bool = typer.Option(False, "--verbatim", help="With --seeds: open with each question as written."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts per conversation when filters reject it."),
     min_chars: int = typer.Option(8, "--min-chars", help="Shortest acceptable turn, in characters."),
     no_filter: list[str] = typer.Option([], "--no-filter", help=f"Turn a filter off: {', '.join(REASONS[1:])}."),
@@ -97,7 +98,7 @@ def synth(
             assistant_sampling=Sampling(assistant_temperature, top_p, assistant_max_tokens),
             retry=RetryPolicy(max_retries=max_retries, timeout=timeout, backoff_base=backoff),
             filters=FilterConfig(min_chars=min_chars, enabled=frozenset(REASONS) - set(no_filter)),
-            max_attempts=max_attempts, user_price=parse_price(user_price), assistant_price=parse_price(assistant_price),
+            max_attempts=max_attempts, verbatim_questions=verbatim, user_price=parse_price(user_price), assistant_price=parse_price(assistant_price),
             progress=progress)
         result = run(config)
     except (ValidationError, SpecError, FileNotFoundError, ValueError, OutputBusy) as e:

@@ -54,6 +54,7 @@ class SynthConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     filters: FilterConfig = field(default_factory=FilterConfig)
     max_attempts: int = 3
+    verbatim_questions: bool = False  # seed questions open the conversation as written (no rephrasing)
     user_price: tuple[float, float] | None = None  # USD per million (input, output) tokens
     assistant_price: tuple[float, float] | None = None
     progress: bool = True
@@ -134,7 +135,7 @@ class _Run:
         messages: list[dict] = [{"role": "system", "content": cfg.system}] if cfg.system else []
         finish: list[str | None] = []
         meta = self.meta(p, attempt)
-        request_seeds: list[int] = meta["synth"]["sampling"]["request_seeds"]  # one per turn, sent as `seed`
+        request_seeds: list[int | None] = meta["synth"]["sampling"]["request_seeds"]  # one per turn, sent as `seed`
 
         def add(role: str, text: str, finish_reason: str | None) -> Rejection | None:
             messages.append({"role": role, "content": text})
@@ -143,13 +144,18 @@ class _Run:
                               config=cfg.filters)
 
         for turn in range(p.turns):
-            if turn == 0:
-                ask = opening_request(p.seed, p.persona, p.opening_style)
+            if turn == 0 and cfg.verbatim_questions and p.seed.kind == "question":
+                request_seeds.append(None)  # the seed question itself opens the conversation
+                user_text, finish_reason = p.seed.text, "stop"
             else:
-                ask = followup_request(p.seed, p.persona, p.followup_moves[turn - 1], messages)
-            request_seeds.append(rng.randrange(2**31))
-            reply = await self.user.complete(ask, seed=request_seeds[-1])
-            if rejection := add("user", clean_user_text(reply.text), reply.finish_reason):
+                if turn == 0:
+                    ask = opening_request(p.seed, p.persona, p.opening_style)
+                else:
+                    ask = followup_request(p.seed, p.persona, p.followup_moves[turn - 1], messages)
+                request_seeds.append(rng.randrange(2**31))
+                reply = await self.user.complete(ask, seed=request_seeds[-1])
+                user_text, finish_reason = clean_user_text(reply.text), reply.finish_reason
+            if rejection := add("user", user_text, finish_reason):
                 return None, rejection, {"messages": messages, "meta": meta}
             request_seeds.append(rng.randrange(2**31))
             reply = await self.assistant.complete(messages, seed=request_seeds[-1])
@@ -174,7 +180,7 @@ class _Run:
             "assistant_model": {"name": cfg.assistant_model.name, "endpoint": cfg.assistant_model.endpoint},
             "sampling": {"user": asdict(cfg.user_sampling), "assistant": asdict(cfg.assistant_sampling),
                          "request_seeds": []},
-            "system_prompt": cfg.system is not None,
+            "system_prompt": cfg.system is not None, "verbatim_question": cfg.verbatim_questions and p.seed.kind == "question",
         }}
 
     async def produce(self, index: int, out: AppendOnlyJsonl, rejects: AppendOnlyJsonl) -> bool:
@@ -236,6 +242,7 @@ class _Run:
                 "system": cfg.system, "sampling": {"user": asdict(cfg.user_sampling),
                                                    "assistant": asdict(cfg.assistant_sampling)},
                 "retry": asdict(cfg.retry), "max_attempts": cfg.max_attempts,
+                "verbatim_questions": cfg.verbatim_questions,
                 "filters": {"min_chars": cfg.filters.min_chars, "enabled": sorted(cfg.filters.enabled)},
             },
         }
