@@ -13,6 +13,7 @@ from .conversation import ValidationError
 from .conversation import load as load_conversations
 from .label import cli as label_cli
 from .serve import cli as serve_cli
+from .synth import cli as synth_cli
 from .tokenizers import load_tokenizer, train_bpe
 from .train import cli as train_cli
 
@@ -23,6 +24,7 @@ app.add_typer(tokenizer_app, name="tokenizer")
 app.command("chat")(serve_cli.chat); app.command("serve")(serve_cli.serve)  # noqa: E702
 app.add_typer(train_cli.app, name="train")
 app.add_typer(label_cli.app, name="label")
+app.command("synth")(synth_cli.synth)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
