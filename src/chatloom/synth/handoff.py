@@ -9,6 +9,7 @@ conversations stay in the output file.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from ..conversation import load
@@ -22,7 +23,7 @@ class HandoffError(RuntimeError):
 
 def _label_package():
     try:
-        from .. import label
+        label = importlib.import_module("chatloom.label")
     except ImportError as e:
         raise HandoffError("--to-label needs the labeling app (chatloom.label), which is not part of this install; "
                            f"the conversations are in the output file, import them later ({e})") from e
