@@ -1,11 +1,13 @@
 """Decoding speed: chatloom's engine versus transformers `generate()` on the same model and prompts (greedy).
 
-The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
+Contenders: `chatloom` (the engine's lean Llama decoder), `chatloom_transformers_forward` (the engine's loop over the
+transformers forward, the path for non-Llama models), `chatloom_int8` (--int8: dynamic int8 weights) and
+`transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
 built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
 numbers are new tokens per second of the same work. Optionally (--server) it also measures an OpenAI-compatible
 `chatloom serve` with 8 concurrent clients. Timings on a shared CPU are noisy: read the ratios, measured in the same run.
 
-    python bench/generate.py [--new 64] [--dtype float32|bfloat16] [--batch 1 8] [--server]
+    python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--server] [--threads N]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from chatloom import protocols
 from chatloom.cli import DEFAULT_TOKENIZER
 from chatloom.conversation import Conversation
-from chatloom.engine import Engine, SamplingParams
+from chatloom.engine import Engine, SamplingParams, quantize_weights
 from chatloom.tokenizers import load_tokenizer
 
 PROMPTS = ["Explain how a hash map works.", "Write a haiku about the sea.", "What is the capital of France, and why?",
@@ -46,8 +48,8 @@ def build(dtype: torch.dtype):
     return model, proto
 
 
-def no_stop_engine(model, proto) -> Engine:
-    engine = Engine(model, proto)
+def no_stop_engine(model, proto, fast: bool = True) -> Engine:
+    engine = Engine(model, proto, fast=fast)
     engine.stop_ids = set()  # generate exactly max_tokens, like generate(min_new_tokens=...)
     return engine
 
@@ -78,33 +80,38 @@ def time_hf(model, proto, convs, new: int) -> float:
 def bench_models(args) -> dict:
     results = {}
     for dtype_name in args.dtype:
-        dtype = getattr(torch, dtype_name)
-        model, proto = build(dtype)
-        engine = no_stop_engine(model, proto)
+        model, proto = build(getattr(torch, dtype_name))
+        contenders = {"chatloom": lambda convs, e=no_stop_engine(model, proto): time_engine(e, convs, args.new),
+                      "chatloom_transformers_forward": lambda convs, e=no_stop_engine(model, proto, fast=False):
+                          time_engine(e, convs, args.new),
+                      "transformers_generate": lambda convs, m=model, p=proto: time_hf(m, p, convs, args.new)}
+        if dtype_name == "float32" and args.int8:
+            quantized = no_stop_engine(quantize_weights(model), proto)
+            contenders["chatloom_int8"] = lambda convs, e=quantized: time_engine(e, convs, args.new)
         for batch in args.batch:
             convs = [Conversation.of(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
-            time_engine(engine, convs, 4)  # warm up both
-            time_hf(model, proto, convs, 4)
-            ours, ref = [], []
-            for _ in range(args.repeats):  # interleaved, so both sides see the same load on a shared CPU
-                ours.append(time_engine(engine, convs, args.new))
-                ref.append(time_hf(model, proto, convs, args.new))
-            ours, ref = statistics.median(ours), statistics.median(ref)
-            results[f"{dtype_name}/batch{batch}"] = {"chatloom_tok_s": round(ours, 2), "transformers_generate_tok_s": round(ref, 2),
-                                                     "ratio": round(ours / ref, 2)}
-            print(json.dumps({f"{dtype_name}/batch{batch}": results[f"{dtype_name}/batch{batch}"]}), flush=True)
-    if "float32" in args.dtype and "bfloat16" in args.dtype:
-        fp32, bf16 = results.get("float32/batch1"), results.get("bfloat16/batch1")
-        if fp32 and bf16:
-            results["chatloom_bf16_vs_transformers_fp32_batch1"] = round(bf16["chatloom_tok_s"] / fp32["transformers_generate_tok_s"], 2)
+            for fn in contenders.values():
+                fn(convs[:1])  # warm up
+            runs = {name: [] for name in contenders}
+            for _ in range(args.repeats):  # interleaved, so all sides see the same load on a shared CPU
+                for name, fn in contenders.items():
+                    runs[name].append(fn(convs))
+            row = {f"{name}_tok_s": round(statistics.median(v), 2) for name, v in runs.items()}
+            ref = row["transformers_generate_tok_s"]
+            for name in contenders:
+                if name != "transformers_generate":
+                    row[f"ratio_{name}"] = round(row[f"{name}_tok_s"] / ref, 2)
+            results[f"{dtype_name}/batch{batch}"] = row
+            print(json.dumps({f"{dtype_name}/batch{batch}": row}), flush=True)
     return results
 
 
 def bench_server(args) -> dict:
     """8 concurrent OpenAI clients against a real uvicorn server on loopback."""
     import uvicorn
-    from chatloom.serve.app import create_app
     from openai import OpenAI
+
+    from chatloom.serve.app import create_app
 
     dtype = getattr(torch, args.dtype[-1])
     model, proto = build(dtype)
@@ -151,6 +158,7 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
+    parser.add_argument("--int8", action="store_true", help="also chatloom with dynamic int8 weights (vs transformers fp32)")
     parser.add_argument("--server", action="store_true")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

@@ -91,6 +91,16 @@ def test_greedy_with_kv_cache_equals_full_recompute(engine):
         assert c.completion_tokens == len(c.ids) > 0
 
 
+def test_lean_llama_decoder_equals_the_transformers_forward(tiny_model_dir):
+    fast = Engine.from_pretrained(tiny_model_dir)
+    slow = Engine.from_pretrained(tiny_model_dir, fast=False)
+    assert fast.decoder is not None and slow.decoder is None
+    params = [SamplingParams(max_tokens=n, temperature=0) for n in (24, 8, 16)]
+    assert [c.ids for c in fast.generate(CONVS, params)] == [c.ids for c in slow.generate(CONVS, params)]
+    sampled = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, seed=5)
+    assert fast.generate(CONVS[:1], sampled)[0].ids == slow.generate(CONVS[:1], sampled)[0].ids
+
+
 def test_left_padded_batch_equals_one_by_one(engine):
     batch = engine.generate(CONVS, GREEDY)
     single = [engine.generate([c], GREEDY)[0] for c in CONVS]
@@ -161,6 +171,14 @@ def test_long_chat_drops_oldest_turns_but_keeps_the_system_message(engine):
     assert c.dropped_messages == dropped and c.prompt_tokens + c.completion_tokens <= 96
     with pytest.raises(ContextWindowError, match="context window is 96"):
         small.generate([Conversation.of("word " * 400)], GREEDY)
+
+
+def test_int8_weights_decode_like_fp32(tiny_model_dir):
+    int8 = Engine.from_pretrained(tiny_model_dir, quantize="int8")
+    fp32 = Engine.from_pretrained(tiny_model_dir)
+    a, b = int8.generate(CONVS, GREEDY), fp32.generate(CONVS, GREEDY)
+    same = sum(x == y for p, q in zip(a, b, strict=True) for x, y in zip(p.ids, q.ids, strict=False))
+    assert all(c.completion_tokens > 0 for c in a) and same >= 0.5 * sum(len(c.ids) for c in b)
 
 
 @settings(max_examples=150, deadline=None)

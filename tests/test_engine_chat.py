@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .test_engine import make_tiny_model_dir
-
 from chatloom.conversation import load
+
+from .test_engine import make_tiny_model_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
