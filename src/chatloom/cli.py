@@ -11,6 +11,7 @@ from rich.console import Console
 from . import protocols as protocols_mod
 from .conversation import ValidationError
 from .conversation import load as load_conversations
+from .evals import cli as evals_cli
 from .serve import cli as serve_cli
 from .tokenizers import load_tokenizer, train_bpe
 
@@ -19,6 +20,7 @@ app = typer.Typer(help="chatloom: post-train language models on conversations.",
 tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.command("chat")(serve_cli.chat); app.command("serve")(serve_cli.serve)  # noqa: E702
+app.command("eval")(evals_cli.eval_command)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
