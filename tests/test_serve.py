@@ -14,7 +14,7 @@ import pytest
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
 
-from .test_engine import make_tiny_model_dir
+from .test_engine import make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
 KEY = "sk-test-123"
 
@@ -225,6 +225,7 @@ def _greedy(n):
     return SamplingParams(max_tokens=n, temperature=0)
 
 
+@pytest.mark.slow
 def test_serve_command_end_to_end(tmp_path, bundled_tokenizer_path):
     import os
     import socket
@@ -239,7 +240,7 @@ def test_serve_command_end_to_end(tmp_path, bundled_tokenizer_path):
     src = Path(__file__).resolve().parents[1] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-m", "chatloom.cli", "serve", "--model", str(model), "--port", str(port),
-                             "--api-key", KEY, "--name", "cli-model"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--api-key", KEY, "--name", "cli-model", "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
