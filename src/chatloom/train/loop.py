@@ -1,0 +1,426 @@
+"""The one training loop: SFT and pretraining differ only in where examples come from (conversations with loss masks,
+or documents where every token is supervised).
+
+Exactness rules it keeps: packed rows never attend across examples; the loss of an optimizer step is the sum of token
+losses divided by the number of supervised tokens of the *whole* step (all micro-batches, all processes: the count is
+all-reduced before the first backward), so gradient accumulation and DDP give the gradient of one big batch; a step with
+no supervised token is skipped and counted, never a NaN or a silent zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .. import protocols
+from ..conversation import Rejects
+from ..conversation import load as load_conversations
+from ..protocols import ProtocolError
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import (
+    IGNORE,
+    DataError,
+    DataStats,
+    PackedShard,
+    attention_mask,
+    conversation_examples,
+    document_examples,
+    pack,
+    read_documents,
+)
+from .export import export_model
+from .models import fit_vocab, load_model, model_protocol
+from .report import Metrics, file_digest, plot_loss, write_run_card
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    final: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    skipped_steps: int = 0
+    interrupted: bool = False
+
+
+class SupervisedLoss(nn.Module):
+    """Sum of cross-entropy over supervised positions only: the output head runs on those rows alone (on a small model
+    the vocabulary projection is the largest matmul, and SFT supervises a fraction of the tokens)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, positions, segments, targets):
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        hidden = base.get_decoder()(input_ids=ids, attention_mask=attention_mask(segments), position_ids=positions,
+                                    use_cache=False).last_hidden_state
+        supervised = targets != IGNORE
+        logits = base.get_output_embeddings()(hidden[supervised]).float()
+        return F.cross_entropy(logits, targets[supervised], reduction="sum")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * shape
+    return f
+
+
+def init_distributed() -> tuple[int, int, int, bool]:
+    """(rank, world size, local rank, whether we created the process group) from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    created = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        created = True
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created
+    return 0, 1, 0, False
+
+
+def all_sum(values: list[float]) -> list[float]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def check_protocol(cfg: TrainConfig, proto) -> None:
+    """Refuse protocols that clash with the base model or tokenizer, before anything trains."""
+    trained_with = model_protocol(cfg.model)
+    if trained_with and trained_with != cfg.protocol:
+        raise ProtocolError(f"{cfg.model}: this model was trained with protocol {trained_with!r} (chatloom.json); "
+                            f"--protocol {cfg.protocol} would clash with its control tokens and template")
+    tok = proto.tokenizer
+    for token in proto.control_tokens:
+        if token and tok.encode(token) == [tok.token_id(token)]:
+            raise ProtocolError(f"protocol {proto.name}: control token {token!r} is also produced from plain text by "
+                                f"tokenizer {tok.name}, so user text could forge it")
+    if proto.end_of_turn_id is None:
+        raise ProtocolError(f"protocol {proto.name}: end-of-turn token {proto.end_of_turn!r} has no id")
+
+
+class Run:
+    """A prepared run: model, data, optimizer and schedule; `accumulate` computes one step's gradient, `fit` loops."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.rank, self.world, local_rank, self._created_group = init_distributed()
+        self.main = self.rank == 0
+        if cfg.device == "auto":
+            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(cfg.device)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        if cfg.mode not in ("sft", "pretrain"):
+            raise ValueError(f"mode must be 'sft' or 'pretrain', not {cfg.mode!r}")
+
+        self.model, tok = load_model(cfg.model, tokenizer=cfg.tokenizer, seed=cfg.seed)
+        self.protocol = protocols.get(cfg.protocol, tok)
+        check_protocol(cfg, self.protocol)
+        self.added_rows = fit_vocab(self.model, len(tok))
+        self.stats, self.val_stats = DataStats(), DataStats()
+        self.shard, self.val_shard = self._load_data()
+
+        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if bf16_supported(self.device) else "fp32")
+        self.model.to(self.device)
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
+                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                              modules_to_save=["embed_tokens", "lm_head"] if self.added_rows else None)
+            self.model = get_peft_model(self.model, lora)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                           foreach=self.device.type == "cpu" or None)
+        self.rows_per_step = cfg.batch_size * cfg.grad_accum * self.world
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.shard) / self.rows_per_step))
+        self.warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(0.05 * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.total_steps, self.warmup, cfg.schedule, cfg.min_lr_ratio))
+        self.step, self.skipped_steps, self.elapsed_before = 0, 0, 0.0
+        if cfg.resume:
+            found = ckpt.latest_checkpoint(self.out)
+            if found is not None:
+                state = ckpt.load_checkpoint(found, self.model, self.optimizer, self.scheduler)
+                self.step, self.skipped_steps = state["step"], state.get("skipped_steps", 0)
+                self.elapsed_before = state.get("elapsed", 0.0)
+        self.loss_module: nn.Module = SupervisedLoss(self.model)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.loss_module = DistributedDataParallel(self.loss_module, device_ids=[self.device] if
+                                                       self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.loss_module = torch.compile(self.loss_module)
+        self._orders: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------------------------------ data
+    def _load_data(self) -> tuple[PackedShard, PackedShard | None]:
+        cfg, tok = self.cfg, self.protocol.tokenizer
+        pad = tok.eos_token_id if tok.eos_token_id is not None else 0
+
+        def examples(files, stats, what):
+            if cfg.mode == "pretrain":
+                return document_examples(read_documents(files), tok, cfg.seq_len, stats)
+            convs = []
+            rejects = Rejects(self.out / "rejects.jsonl") if cfg.on_error == "skip" else None
+            for f in files:
+                if not Path(f).exists():
+                    raise DataError(f"{f}: no such {what} file")
+                convs.extend(load_conversations(f, on_error=cfg.on_error, rejects=rejects))
+            self.rejected = rejects.count if rejects else 0
+            return conversation_examples(convs, self.protocol, cfg.seq_len, stats)
+
+        train_files = cfg.text if cfg.mode == "pretrain" else cfg.data
+        if not train_files:
+            raise DataError("no training data: pass --data FILE (sft) or --text FILES (pretrain)")
+        ex = examples(train_files, self.stats, "training data")
+        if not ex:
+            raise DataError(f"{', '.join(map(str, train_files))}: no supervised tokens in the training data "
+                            f"({self.stats.skipped_no_supervised} conversation(s) without a supervised assistant turn "
+                            f"within {cfg.seq_len} tokens; mark assistant turns train=true or raise --seq-len)")
+        shard = pack(ex, cfg.seq_len, pad, self.stats)
+        val = None
+        if cfg.val:
+            vex = examples(cfg.val, self.val_stats, "validation")
+            if not vex:
+                raise DataError(f"{', '.join(map(str, cfg.val))}: no supervised tokens in the validation data")
+            val = pack(vex, cfg.seq_len, pad, self.val_stats)
+        return shard, val
+
+    def step_rows(self, step: int) -> list[int]:
+        """The global rows of an optimizer step: a seeded permutation per epoch, read as one endless stream."""
+        n, out = len(self.shard), []
+        for p in range(step * self.rows_per_step, (step + 1) * self.rows_per_step):
+            epoch = p // n
+            if epoch not in self._orders:
+                self._orders = {epoch: np.random.default_rng([self.cfg.seed, epoch]).permutation(n)}
+            out.append(int(self._orders[epoch][p % n]))
+        return out
+
+    def my_micro_batches(self, rows: list[int]) -> list[list[int]]:
+        b, acc = self.cfg.batch_size, self.cfg.grad_accum
+        chunks = [rows[i:i + b] for i in range(0, len(rows), b)]
+        return chunks[self.rank * acc:(self.rank + 1) * acc]
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------------------ one step
+    def accumulate(self, step: int) -> dict:
+        """Forward/backward of every micro-batch of `step` on this process; gradients end up in `.grad` (averaged by
+        DDP). Returns the step's loss per supervised token, counts, or {"skipped": True}."""
+        chunks = self.my_micro_batches(self.step_rows(step))
+        local = [sum(self.shard.supervised(c) for c in chunks),
+                 sum(int((self.shard.segments[c] >= 0).sum()) for c in chunks)]
+        count, tokens = all_sum([float(v) for v in local])
+        if count == 0:
+            return {"skipped": True, "supervised_tokens": 0, "tokens": int(tokens)}
+        self.loss_module.train()
+        loss_sum = 0.0
+        for i, c in enumerate(chunks):
+            batch = self.shard.batch(c, self.device)
+            sync = self.world == 1 or i == len(chunks) - 1 or not hasattr(self.loss_module, "no_sync")
+            with (contextlib.nullcontext() if sync else self.loss_module.no_sync()):
+                with self.autocast():
+                    part = self.loss_module(batch["ids"], batch["positions"], batch["segments"], batch["targets"])
+                (part * (self.world / count)).backward()
+            loss_sum += part.item()
+        (loss_sum,) = all_sum([loss_sum])
+        return {"skipped": False, "loss": loss_sum / count, "supervised_tokens": int(count), "tokens": int(tokens)}
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        if self.val_shard is None:
+            return None
+        self.loss_module.eval()
+        rows = list(range(self.rank, len(self.val_shard), self.world))
+        total, count = 0.0, 0.0
+        for i in range(0, len(rows), self.cfg.batch_size):
+            c = rows[i:i + self.cfg.batch_size]
+            batch = self.val_shard.batch(c, self.device)
+            with self.autocast():
+                total += SupervisedLoss(self.model)(batch["ids"], batch["positions"], batch["segments"],
+                                                    batch["targets"]).item()
+            count += self.val_shard.supervised(c)
+        total, count = all_sum([total, count])
+        return total / count
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+        metrics = Metrics(self.out / "metrics.jsonl", enabled=self.main, keep_until_step=self.step if cfg.resume else -1)
+        started = time.perf_counter()
+        last_loss, val = None, None
+        if self.step == 0 and self.val_shard is not None:
+            val = self.validation_loss()
+            metrics.log(step=0, val_loss=val)
+        interrupted = False
+        with self._progress() as progress:
+            task = progress.add_task("train", total=self.total_steps, completed=self.step, loss="-", tps="-")
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                out = self.accumulate(self.step)
+                if out["skipped"]:
+                    self.skipped_steps += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                else:
+                    params = [p for p in self.model.parameters() if p.requires_grad]
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else \
+                        torch.zeros(())
+                    lr = self.scheduler.get_last_lr()[0]
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    last_loss = out["loss"]
+                dt = time.perf_counter() - t0
+                self.step += 1
+                row = {"step": self.step, "tokens": out["tokens"], "supervised_tokens": out["supervised_tokens"],
+                       "seconds": round(dt, 4), "supervised_tok_s": round(out["supervised_tokens"] / dt, 1)}
+                if out["skipped"]:
+                    row["skipped"] = True
+                else:
+                    row.update(loss=out["loss"], lr=lr, grad_norm=float(norm))
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+                    val = self.validation_loss()
+                    if val is not None:
+                        row["val_loss"] = val
+                metrics.log(**row)
+                progress.update(task, advance=1, loss=f"{last_loss:.4f}" if last_loss is not None else "-",
+                                tps=f"{row['supervised_tok_s']:.0f}")
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    self._checkpoint(started)
+                if cfg.interrupt_after and self.step >= cfg.interrupt_after:
+                    interrupted = True
+                    break
+        seconds = self.elapsed_before + time.perf_counter() - started
+        result = TrainResult(self.out, self.step, data=self.stats.as_dict(), skipped_steps=self.skipped_steps,
+                             interrupted=interrupted)
+        if interrupted:
+            self._finish()
+            return result
+        val = self.validation_loss()
+        final = {"train_loss": last_loss, "val_loss": val, "steps": self.step, "skipped_steps": self.skipped_steps,
+                 "seconds": round(seconds, 2)}
+        if val is not None:
+            metrics.log(step=self.step, val_loss=val)
+        steps_rows = [r for r in metrics.rows if "supervised_tokens" in r]
+        if steps_rows:
+            final["supervised_tok_s"] = round(sum(r["supervised_tokens"] for r in steps_rows) /
+                                              max(1e-9, sum(r["seconds"] for r in steps_rows)), 1)
+        result.final = final
+        if self.main:
+            export_model(self.model, self.protocol, self.out,
+                         extra={"mode": cfg.mode, "base_model": cfg.model, "steps": self.step})
+            plot_loss(metrics.rows, self.out / "loss.png", title=f"chatloom {cfg.mode}: {cfg.model}")
+            write_run_card(self.out, self._card(final, seconds))
+        self._finish()
+        return result
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _progress(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} sup tok/s"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                        disable=not (self.cfg.progress and self.main))
+
+    def _checkpoint(self, started: float) -> None:
+        if self.main:
+            ckpt.save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler,
+                                 {"skipped_steps": self.skipped_steps,
+                                  "elapsed": self.elapsed_before + time.perf_counter() - started},
+                                 keep=self.cfg.keep_checkpoints)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def resolved(self) -> dict:
+        return {**self.cfg.to_dict(), "resolved": {
+            "total_steps": self.total_steps, "warmup_steps": self.warmup, "precision": self.precision,
+            "world_size": self.world, "device": str(self.device), "rows_per_step": self.rows_per_step,
+            "vocab_size": len(self.protocol.tokenizer), "added_embedding_rows": self.added_rows}}
+
+    def _write_config(self) -> None:
+        import yaml
+
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.resolved(), sort_keys=False), encoding="utf-8")
+
+    def _card(self, final: dict, seconds: float) -> dict:
+        cfg = self.cfg
+        files = cfg.text if cfg.mode == "pretrain" else cfg.data
+        hashes = {str(f): file_digest(f) for f in [*files, *cfg.val]}
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {"config": cfg.to_dict(), "resolved": self.resolved()["resolved"], "final": final,
+                "data": {**self.stats.as_dict(), "packed_digest": self.shard.digest(), "files": hashes,
+                         "validation": self.val_stats.as_dict() if self.val_shard is not None else None},
+                "parameters": n_params, "steps": self.step, "seconds": seconds, "device": str(self.device),
+                "precision": self.precision, "world_size": self.world,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def _finish(self) -> None:
+        if self._created_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run a training job end to end (SFT or pretraining) and write the model directory to `cfg.out`."""
+    return Run(cfg).fit()
+
+
+def dumps_result(result: TrainResult) -> str:
+    return json.dumps({"out_dir": str(result.out_dir), "steps": result.steps, "final": result.final,
+                       "data": result.data, "skipped_steps": result.skipped_steps}, default=str)

@@ -1,0 +1,121 @@
+"""Base models for training: chatloom's named Llama configs, any transformers causal-LM directory (or Hub id), GGUF files.
+
+Also the one place where a protocol's new control tokens meet the model: `fit_vocab` grows the embedding and output
+matrices to the tokenizer's size and starts the new rows from the mean of the existing ones (not random noise, which
+would make the first steps spend their budget undoing it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..tokenizers import Tokenizer, load_tokenizer
+
+BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
+
+#: Llama shapes, vocabulary size filled in from the tokenizer. "tiny" (~1M params with chatloom's 8k BPE) is for tests,
+#: "small" (~7M) for the quickstart and benchmarks.
+CONFIGS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, max_position_embeddings=2048),
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                  intermediate_size=768, max_position_embeddings=2048),
+}
+
+
+class ModelNotFound(FileNotFoundError):
+    """The model argument names no directory, GGUF file, named config or reachable Hub model."""
+
+
+def build_model(name: str, vocab_size: int, seed: int | None = None):
+    """A freshly initialised Llama from `CONFIGS[name]`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if name not in CONFIGS:
+        raise ModelNotFound(f"{name!r} is not a named config ({', '.join(CONFIGS)})")
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=False, **CONFIGS[name])
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config)
+
+
+def load_model(source: str | Path, *, tokenizer: str | Path | Tokenizer | None = None, seed: int | None = None):
+    """(model, tokenizer) from a named config, a model directory, a `.gguf` file or a Hub id. Weights in float32.
+
+    A named config uses `tokenizer` (default: chatloom's bundled BPE). A GGUF model is dequantized by transformers; its
+    leftover `hf_quantizer` is cleared so it trains (and saves) as a plain model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..tokenizers import HFTokenizer
+
+    text = str(source)
+    if text in CONFIGS:
+        tok = load_tokenizer(tokenizer or BUNDLED_TOKENIZER)
+        return build_model(text, len(tok), seed), tok
+    path = Path(text)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFound(f"{path}: not a model directory (no config.json)")
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
+        return model, load_tokenizer(tokenizer or path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFound(f"{path}: no such GGUF file")
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model.hf_quantizer = None
+        if tokenizer is None:
+            tok = HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), str(path))
+        else:
+            tok = load_tokenizer(tokenizer)
+        return model, tok
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise ModelNotFound(f"{text}: no such model directory or GGUF file, and not a named config "
+                            f"({', '.join(CONFIGS)}) or a Hub id (owner/name)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(text, dtype=torch.float32)
+        return model, load_tokenizer(tokenizer or text)
+    except Exception as e:  # noqa: BLE001 - offline, gated, missing: the message is what the user needs
+        raise ModelNotFound(f"{text}: not a local model and not loadable from the Hugging Face Hub ({e})") from e
+
+
+def fit_vocab(model, vocab_size: int) -> int:
+    """Grow input/output embeddings to `vocab_size` rows, new rows = mean of the old rows. Returns rows added."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return 0
+    in_mean = model.get_input_embeddings().weight.detach()[:old].mean(0)
+    out = model.get_output_embeddings()
+    out_mean = out.weight.detach()[:old].mean(0) if out is not None else None
+    out_bias = out.bias.detach()[:old].mean() if out is not None and getattr(out, "bias", None) is not None else None
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[old:] = in_mean
+        out = model.get_output_embeddings()
+        if out is not None and out.weight is not model.get_input_embeddings().weight:
+            out.weight[old:] = out_mean
+            if out_bias is not None:
+                out.bias[old:] = out_bias
+    return vocab_size - old
+
+
+def make_model_dir(out_dir: str | Path, protocol: str = "chatml", config: str = "tiny", seed: int = 0) -> Path:
+    """An untrained model directory (weights, tokenizer with control tokens, chat template, chatloom.json): a test base."""
+    from .. import protocols
+    from .export import export_model
+
+    model, tok = load_model(config, seed=seed)
+    proto = protocols.get(protocol, tok)
+    fit_vocab(model, len(tok))
+    return export_model(model, proto, out_dir)
+
+
+def model_protocol(source: str | Path) -> str | None:
+    """The protocol a chatloom-written model directory was trained with (its chatloom.json), else None."""
+    meta = Path(str(source)) / "chatloom.json"
+    if meta.is_file():
+        return json.loads(meta.read_text(encoding="utf-8")).get("protocol")
+    return None
