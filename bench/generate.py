@@ -4,7 +4,9 @@ Contenders: `chatloom` (the engine's lean Llama decoder), `chatloom_transformers
 transformers forward, the path for non-Llama models), `chatloom_int8` (--int8: dynamic int8 weights) and
 `transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
 built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
-numbers are new tokens per second of the same work. Optionally (--server) it also measures an OpenAI-compatible
+numbers are new tokens per second of the same work: per wall-clock second (`*_tok_s`, `ratio_*`) and per second of
+this process's CPU time (`*_tok_per_cpu_s`, `cpu_ratio_*`), which is far steadier when other jobs share the CPU
+(use --threads 1 there; two OpenMP threads on a busy CPU wait for each other). Optionally (--server) it also measures an OpenAI-compatible
 `chatloom serve` with 8 concurrent clients. Timings on a shared CPU are noisy: read the ratios, measured in the same run.
 
     python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--server] [--threads N]
@@ -66,6 +68,8 @@ def model_dir_from_gguf(gguf: Path, cache: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are dequantized: save a plain checkpoint
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -77,12 +81,12 @@ def no_stop_engine(model, proto, fast: bool = True) -> Engine:
     return engine
 
 
-def time_engine(engine: Engine, convs, new: int) -> float:
-    start = time.perf_counter()
+def time_engine(engine: Engine, convs, new: int) -> tuple[float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
     out = engine.generate(convs, SamplingParams(max_tokens=new, temperature=0))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert all(c.completion_tokens == new for c in out), [c.completion_tokens for c in out]
-    return len(convs) * new / elapsed
+    return len(convs) * new / elapsed, len(convs) * new / cpu
 
 
 def time_hf(model, proto, convs, new: int) -> float:
@@ -91,13 +95,13 @@ def time_hf(model, proto, convs, new: int) -> float:
     pad = proto.end_of_turn_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                              pad_token_id=pad, eos_token_id=None)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert out.shape[1] - width == new
-    return len(convs) * new / elapsed
+    return len(convs) * new / elapsed, len(convs) * new / cpu
 
 
 def bench_models(args) -> dict:
@@ -119,11 +123,12 @@ def bench_models(args) -> dict:
             for _ in range(args.repeats):  # interleaved, so all sides see the same load on a shared CPU
                 for name, fn in contenders.items():
                     runs[name].append(fn(convs))
-            row = {f"{name}_tok_s": round(statistics.median(v), 2) for name, v in runs.items()}
-            ref = row["transformers_generate_tok_s"]
+            row = {f"{name}_tok_s": round(statistics.median(w for w, _ in v), 2) for name, v in runs.items()}
+            row |= {f"{name}_tok_per_cpu_s": round(statistics.median(c for _, c in v), 2) for name, v in runs.items()}
             for name in contenders:
                 if name != "transformers_generate":
-                    row[f"ratio_{name}"] = round(row[f"{name}_tok_s"] / ref, 2)
+                    row[f"ratio_{name}"] = round(row[f"{name}_tok_s"] / row["transformers_generate_tok_s"], 2)
+                    row[f"cpu_ratio_{name}"] = round(row[f"{name}_tok_per_cpu_s"] / row["transformers_generate_tok_per_cpu_s"], 2)
             results[f"{dtype_name}/batch{batch}"] = row
             print(json.dumps({f"{dtype_name}/batch{batch}": row}), flush=True)
     return results
