@@ -75,3 +75,20 @@ def test_budget_plan_fits_the_time():
     assert slow.pretrain_steps == slow.sft_steps == 20  # never below the minimum
     fast = budget.plan(600, 0.01)
     assert (fast.pretrain_steps, fast.sft_steps) == (400, 500)  # capped
+
+
+def test_bring_your_own_base(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chatloom.quickstart.base import bring_base
+    from chatloom.tokenizers import load_tokenizer
+    from chatloom.train.models import BUNDLED_TOKENIZER
+
+    tok = load_tokenizer(BUNDLED_TOKENIZER)  # a plain HF model dir: no chatloom.json, no control tokens yet
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, intermediate_size=64)).save_pretrained(tmp_path / "hf")
+    tok.save(tmp_path / "hf")
+    out = bring_base(str(tmp_path / "hf"), tmp_path / "base")
+    meta = json.loads((out / "chatloom.json").read_text())
+    assert meta["protocol"] == "chatml" and meta["base_model"] == str(tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == len(tok) + 2  # <|im_start|>, <|im_end|> added
