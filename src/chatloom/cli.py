@@ -11,6 +11,7 @@ from rich.console import Console
 from . import protocols as protocols_mod
 from .conversation import ValidationError
 from .conversation import load as load_conversations
+from .data import cli as data_cli
 from .evals import cli as evals_cli
 from .label import cli as label_cli
 from .serve import cli as serve_cli
@@ -27,6 +28,7 @@ app.add_typer(train_cli.app, name="train")
 app.add_typer(label_cli.app, name="label")
 app.command("synth")(synth_cli.synth)
 app.command("eval")(evals_cli.eval_command)
+app.add_typer(data_cli.app, name="data")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
