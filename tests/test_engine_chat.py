@@ -7,19 +7,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .test_engine import make_tiny_model_dir
+import pytest
 
 from chatloom.conversation import load
+
+from .test_engine import make_tiny_model_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
+@pytest.mark.slow
 def test_chat_repl_multi_turn_commands_and_save(tmp_path, bundled_tokenizer_path):
     model = make_tiny_model_dir(tmp_path / "model", bundled_tokenizer_path)
     saved = tmp_path / "out" / "chat.jsonl"
     script = "\n".join(["/system You are Loom.", "hello there", "and a second ünï 🙂 question", "/tokens",
                         f"/save {saved}", "/reset", "/tokens", "/bogus", "/quit", "never sent"]) + "\n"
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "120"}
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "chatloom.cli", "chat", "--model", str(model), "--max-tokens", "8",
                           "--seed", "3"], input=script, capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -10,10 +10,11 @@ import time
 import httpx
 import openai
 import pytest
-from .test_engine import make_tiny_model_dir
 
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
+
+from .test_engine import make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
 KEY = "sk-test-123"
 
@@ -188,6 +189,22 @@ def test_event_loop_stays_free_during_a_long_generation(engine):
     assert still_running and health_seconds < 1.0
 
 
+def test_a_client_that_goes_away_frees_its_rows(engine):
+    endless = Engine(engine.model, engine.protocol)
+    endless.stop_ids = set()
+    with running(create_app(endless, model_name="endless")) as url:
+        body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 500, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+        deadline = time.monotonic() + 60
+        while httpx.get(url + "/health").json()["cancelled"] < 1:
+            assert time.monotonic() < deadline, "the abandoned request kept decoding"
+            time.sleep(0.05)
+        r = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 3}, timeout=60)
+        assert r.json()["usage"]["completion_tokens"] == 3
+
+
 def test_api_key_is_enforced(engine):
     with running(create_app(engine, api_key=KEY, model_name="tiny")) as url:
         wrong = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
@@ -222,3 +239,39 @@ def _greedy(n):
     from chatloom.engine import SamplingParams
 
     return SamplingParams(max_tokens=n, temperature=0)
+
+
+@pytest.mark.slow
+def test_serve_command_end_to_end(tmp_path, bundled_tokenizer_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = make_tiny_model_dir(tmp_path / "m", bundled_tokenizer_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "chatloom.cli", "serve", "--model", str(model), "--port", str(port),
+                             "--api-key", KEY, "--name", "cli-model", "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "chatloom serve did not come up"
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["cli-model"]
+        assert c.chat.completions.create(model="cli-model", messages=MSGS, max_tokens=3).usage.completion_tokens > 0
+        assert "<textarea" in httpx.get(url + "/").text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

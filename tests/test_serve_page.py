@@ -7,11 +7,12 @@ import shutil
 import time
 
 import pytest
-from .test_engine import ScriptedLM, make_tiny_model_dir
-from .test_serve import running
 
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
+
+from .test_engine import ScriptedLM, make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
+from .test_serve import running
 
 CHROMIUM = "/usr/bin/chromium"
 REPLY = "Hi! <b>bold?</b> <script>window.pwned=1</script> done 🙂"

@@ -11,15 +11,22 @@ from rich.console import Console
 from . import protocols as protocols_mod
 from .conversation import ValidationError
 from .conversation import load as load_conversations
+from .evals import cli as evals_cli
+from .label import cli as label_cli
 from .serve import cli as serve_cli
+from .synth import cli as synth_cli
 from .tokenizers import load_tokenizer, train_bpe
+from .train import cli as train_cli
 
 app = typer.Typer(help="chatloom: post-train language models on conversations.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 tokenizer_app = typer.Typer(help="Tokenizers: train chatloom's own byte-level BPE.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.command("chat")(serve_cli.chat); app.command("serve")(serve_cli.serve)  # noqa: E702
-app.add_typer(__import__("chatloom.train.cli", fromlist=["app"]).app, name="train")
+app.add_typer(train_cli.app, name="train")
+app.add_typer(label_cli.app, name="label")
+app.command("synth")(synth_cli.synth)
+app.command("eval")(evals_cli.eval_command)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -92,10 +99,17 @@ def tokenizer_train(
 
 
 @app.command()
-def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Where to write the results.")):
-    """The main job on the embedded default (for now: the token view of the bundled example conversations)."""
-    out.mkdir(parents=True, exist_ok=True)
-    tokens(file=EXAMPLE, protocol="gpt4o", tokenizer=None, template=None, html_out=out / "tokens.html", as_json=False, limit=0)
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Where to write the results."),
+    model: str = typer.Option(None, "--model", help="Bring your own base: a Hugging Face model directory or a .gguf file "
+                                                    "(default: a small chatloom model pretrained here, cached)."),
+    minutes: float = typer.Option(15.0, "--minutes", help="Wall-clock budget the training steps are sized to."),
+    tiny: bool = typer.Option(False, "--tiny", help="A seconds-long run of a tiny model (tests, smoke checks)."),
+):
+    """The main job: base -> SFT on the embedded conversations -> evaluation of both -> report.html."""
+    from .quickstart.pipeline import run
+
+    run(out=out, model=model, minutes=minutes, tiny=tiny)
 
 
 def main():

@@ -207,26 +207,32 @@ class Rejects:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _checked(path: Path, rows, *, on_error: str, rejects: Rejects | None,
+             require_assistant_end: bool) -> Iterator[Conversation]:
+    """Validate (line, record or JSON text, raw) rows into Conversations; bad ones raise or go to `rejects`."""
+    for lineno, record, raw in rows:
+        try:
+            if isinstance(record, str):
+                try:
+                    record = json.loads(record)
+                except json.JSONDecodeError as e:
+                    raise ValidationError(f"not valid JSON ({e.msg} at column {e.colno})", field="(line)") from None
+            yield Conversation.from_dict(record, require_assistant_end=require_assistant_end)
+        except ValidationError as e:
+            e.at(str(path), lineno)
+            if on_error == "fail":
+                raise
+            if rejects is not None:
+                rejects.add(e, raw)
+
+
 def iter_jsonl(path: str | Path, *, on_error: str = "fail", rejects: Rejects | None = None,
                require_assistant_end: bool = False) -> Iterator[Conversation]:
     """Stream Conversations from a JSONL file; `on_error="skip"` counts bad lines in `rejects` instead of raising."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValidationError(f"not valid JSON ({e.msg} at column {e.colno})", field="(line)") from None
-                yield Conversation.from_dict(d, require_assistant_end=require_assistant_end)
-            except ValidationError as e:
-                e.at(str(path), lineno)
-                if on_error == "fail":
-                    raise
-                if rejects is not None:
-                    rejects.add(e, line.rstrip("\n"))
+        rows = ((n, line, line.rstrip("\n")) for n, line in enumerate(f, 1) if line.strip())
+        yield from _checked(path, rows, on_error=on_error, rejects=rejects, require_assistant_end=require_assistant_end)
 
 
 def iter_parquet(path: str | Path, *, on_error: str = "fail", rejects: Rejects | None = None,
@@ -234,18 +240,9 @@ def iter_parquet(path: str | Path, *, on_error: str = "fail", rejects: Rejects |
     import pyarrow.parquet as pq
 
     path = Path(path)
-    row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=2048):
-        for d in batch.to_pylist():
-            row += 1
-            try:
-                yield Conversation.from_dict(_from_parquet_row(d), require_assistant_end=require_assistant_end)
-            except ValidationError as e:
-                e.at(str(path), row)
-                if on_error == "fail":
-                    raise
-                if rejects is not None:
-                    rejects.add(e, d)
+    batches = pq.ParquetFile(path).iter_batches(batch_size=2048)
+    rows = ((n, _from_parquet_row(d), d) for n, d in enumerate((d for b in batches for d in b.to_pylist()), 1))
+    yield from _checked(path, rows, on_error=on_error, rejects=rejects, require_assistant_end=require_assistant_end)
 
 
 def load(path: str | Path, **kw) -> Iterator[Conversation]:
@@ -267,15 +264,8 @@ def load(path: str | Path, **kw) -> Iterator[Conversation]:
 
 def _iter_json_list(path: Path, *, on_error="fail", rejects=None, require_assistant_end=False):
     data = json.loads(path.read_text(encoding="utf-8"))
-    for i, d in enumerate(data if isinstance(data, list) else [data], 1):
-        try:
-            yield Conversation.from_dict(d, require_assistant_end=require_assistant_end)
-        except ValidationError as e:
-            e.at(str(path), i)
-            if on_error == "fail":
-                raise
-            if rejects is not None:
-                rejects.add(e, d)
+    rows = ((n, d, d) for n, d in enumerate(data if isinstance(data, list) else [data], 1))
+    yield from _checked(path, rows, on_error=on_error, rejects=rejects, require_assistant_end=require_assistant_end)
 
 
 def save(conversations: Iterable[Conversation], path: str | Path) -> int:

@@ -133,10 +133,14 @@ class Request:
 
 
 class Engine:
-    """KV-cache sampling from `protocol.prompt(conv)` for any transformers causal LM."""
+    """KV-cache sampling from `protocol.prompt(conv)` for any transformers causal LM (Llama-family models go through
+    the lean `engine_llama.LlamaDecoder` unless `fast=False`)."""
 
-    def __init__(self, model, protocol: Protocol, max_context: int | None = None):
+    def __init__(self, model, protocol: Protocol, max_context: int | None = None, fast: bool = True):
+        from .engine_llama import LlamaDecoder
+
         self.model = model.eval()
+        self.decoder = LlamaDecoder(model) if fast and LlamaDecoder.supports(model) else None
         self.protocol = protocol
         self.tokenizer = protocol.tokenizer
         config = getattr(model, "config", None)
@@ -144,14 +148,17 @@ class Engine:
         self.stop_ids = set(protocol.stop_ids)
         self.pad_id = next(iter(self.stop_ids))
         self.lock = threading.Lock()
-        rows = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else None
+        rows = getattr(config, "vocab_size", None)
         if rows is not None and rows < len(self.tokenizer):
             raise ValueError(f"model has {rows} output rows but the tokenizer has {len(self.tokenizer)} tokens "
                              f"(protocol {protocol.name} control tokens missing from the model?)")
 
     @classmethod
-    def from_pretrained(cls, model_dir, protocol: Protocol | str | None = None, dtype=None, max_context: int | None = None) -> Engine:
-        """Load a model directory (HF format). `protocol`: a Protocol, a name, or None for `protocols.for_model(dir)`."""
+    def from_pretrained(cls, model_dir, protocol: Protocol | str | None = None, dtype=None, max_context: int | None = None,
+                        quantize: str | None = None, fast: bool = True) -> Engine:
+        """Load a model directory (HF format). `protocol`: a Protocol, a name, or None for `protocols.for_model(dir)`;
+        `dtype`: e.g. "bfloat16" (about 1.7x faster decoding on AVX-512 bf16 CPUs); `quantize="int8"`: dynamic int8
+        weights for the linear layers (CPU; a quarter of the fp32 weight bytes per token, small accuracy loss)."""
         from transformers import AutoModelForCausalLM
 
         from . import protocols
@@ -169,7 +176,12 @@ class Engine:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype or "auto")
         if model.get_input_embeddings().weight.shape[0] < len(protocol.tokenizer):
             model.resize_token_embeddings(len(protocol.tokenizer))
-        engine = cls(model, protocol, max_context=max_context)
+        if quantize:
+            model = quantize_weights(model, quantize)
+        engine = cls(model, protocol, max_context=max_context, fast=fast)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        special = set(protocol.tokenizer.special_tokens.values())  # a default config's eos=2 may be an ordinary token
+        engine.stop_ids |= {i for i in ([eos] if isinstance(eos, int) else eos or []) if i in special}
         engine.name = model_dir.name
         meta = model_dir / "chatloom.json"
         if meta.exists():
@@ -180,15 +192,17 @@ class Engine:
     meta: dict = {}
 
     # ------------------------------------------------------------------------------------------------ public API
-    def generate(self, convs: Sequence[Conversation], params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Completion]:
-        """Complete every conversation (one batch); `params` is shared or one per conversation."""
+    def generate(self, convs: Sequence[Conversation], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 batch_size: int = 16) -> list[Completion]:
+        """Complete every conversation, `batch_size` at a time; `params` is shared or one per conversation."""
         params = params or SamplingParams()
         plist = [params] * len(convs) if isinstance(params, SamplingParams) else list(params)
         if len(plist) != len(convs):
             raise ValueError(f"{len(convs)} conversations but {len(plist)} SamplingParams")
         requests = [self.request(c, p) for c, p in zip(convs, plist, strict=True)]
-        for _ in self.run(requests):
-            pass
+        for start in range(0, len(requests), batch_size):
+            for _ in self.run(requests[start:start + batch_size]):
+                pass
         return [r.completion for r in requests]
 
     def stream(self, conv: Conversation, params: SamplingParams | None = None) -> Iterator[str]:
@@ -240,8 +254,6 @@ class Engine:
             yield from self._run(list(requests))
 
     def _run(self, requests: list[Request]) -> Iterator[int]:
-        from transformers import DynamicCache
-
         device = self.model.device
         rows = [_Row(r, self.tokenizer) for r in requests]
         width = max(len(r.prompt_ids) for r in requests)
@@ -252,38 +264,34 @@ class Engine:
             input_ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids):] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0) if padded else None
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=input_ids, attention_mask=mask if padded else None, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self.decoder is not None:
+            backend = _LlamaBackend(self.decoder, len(rows), width + max(row.max_new for row in rows))
+        else:
+            backend = _HFBackend(self.model)
+        logits = backend.forward(input_ids, mask if padded else None, positions if padded else None)
         active = list(range(len(rows)))
         vocab = len(self.tokenizer)
-        positions = mask.sum(-1)  # next position of each row
+        positions = mask.sum(-1, keepdim=True)  # next position of each row
         while True:
-            logits = out.logits[:, -1, :vocab].float()  # rows past the tokenizer (padded vocabularies) never win
-            tokens = self._sample(logits, [rows[i] for i in active])
-            keep = []
-            for k, i in enumerate(active):
-                if not rows[i].push(tokens[k], self.stop_ids):
-                    keep.append(k)
+            tokens = self._sample(logits[:, :vocab].float(), [rows[i] for i in active])  # padded vocab rows never win
+            keep = [k for k, i in enumerate(active) if not rows[i].push(tokens[k], self.stop_ids)]
             yield len(keep)
             if not keep:
                 return
             if len(keep) < len(active):
                 index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                tokens_t = torch.tensor([tokens[k] for k in keep], device=device)
+                backend.select(index)
+                tokens = [tokens[k] for k in keep]
                 mask, positions = mask[index], positions[index]
                 active = [active[k] for k in keep]
-            else:
-                tokens_t = torch.tensor(tokens, device=device)
+            tokens_t = torch.tensor(tokens, device=device)[:, None]
             if padded:
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-                out = self.model(input_ids=tokens_t[:, None], attention_mask=mask, position_ids=positions[:, None],
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+                logits = backend.forward(tokens_t, mask, positions)
                 positions = positions + 1
             else:
-                out = self.model(input_ids=tokens_t[:, None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                logits = backend.forward(tokens_t, None, None)
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         if all(r.plain_greedy for r in rows):
@@ -302,6 +310,54 @@ class Engine:
                 if token in self.stop_ids:
                     break
         return out
+
+
+class _HFBackend:
+    """Decoding through the transformers forward with a DynamicCache (any causal LM)."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+
+    def select(self, index: torch.Tensor) -> None:
+        self.cache.batch_select_indices(index)
+
+
+class _LlamaBackend:
+    """Decoding through LlamaDecoder with a preallocated cache of `length` columns."""
+
+    def __init__(self, decoder, batch: int, length: int):
+        self.decoder = decoder
+        self.cache = decoder.new_cache(batch, length)
+        self.tables = decoder.rope_tables(length)
+        self.filled = 0
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        b, t = input_ids.shape
+        start = self.filled
+        if position_ids is None:
+            position_ids = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
+        mask = None
+        if attention_mask is not None:
+            keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, start + t)
+            if t > 1:  # prefill: causal and not padding; a padding query sees itself so no row is all -inf
+                causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
+                mask = (keys & causal) | torch.eye(t, dtype=torch.bool, device=input_ids.device)
+            else:
+                mask = keys
+        logits = self.decoder.forward(input_ids, position_ids, self.cache, start, mask, self.tables)
+        self.filled += t
+        return logits
+
+    def select(self, index: torch.Tensor) -> None:
+        self.cache = [(k[index], v[index]) for k, v in self.cache]
 
 
 class _Row:
@@ -367,6 +423,21 @@ class _Row:
         if request.on_finish:
             request.on_finish(request.completion)
         return True
+
+
+def quantize_weights(model, scheme: str = "int8"):
+    """Dynamic int8 quantization of every nn.Linear (weights int8, activations quantized on the fly), for CPU decoding."""
+    import warnings
+
+    if scheme != "int8":
+        raise ValueError(f"unknown quantization {scheme!r}; supported: int8")
+    if model.dtype != torch.float32:
+        model = model.float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def with_reply(conv: Conversation, completion: Completion) -> Conversation:

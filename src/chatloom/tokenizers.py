@@ -12,6 +12,7 @@ import bisect
 import copy
 import json
 import threading
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -251,8 +252,11 @@ def _tiktoken_twin(tok: HFTokenizer):
 
 def safe_split(left: str, right: str) -> bool:
     """Whether `left + right` encodes as `encode(left) + encode(right)` for a tokenizer whose `splits_after_newline`
-    holds: the regex families never join a newline with a following letter or digit."""
-    return left.endswith("\n") and (len(left) == 1 or not left[-2].isspace()) and right[:1].isalnum()
+    holds: the regex families never join a single newline with a following visible character."""
+    if not left.endswith("\n") or (len(left) > 1 and left[-2].isspace()) or not right:
+        return False
+    first = right[0]
+    return first.isalnum() or (not first.isspace() and unicodedata.category(first)[0] not in "CZ")
 
 
 def _is_byte_level(decoder) -> bool:

@@ -106,13 +106,38 @@ class Protocol:
     def render(self, conv: Conversation) -> Rendered:
         return self.render_batch([conv])[0]
 
-    def render_batch(self, convs: Sequence[Conversation]) -> list[Rendered]:
-        """Render many conversations at once: all text segments go to the tokenizer in one batch."""
-        return self.encode_parts([self.parts(c) for c in convs])
+    def render_batch(self, convs: Sequence[Conversation], add_generation_prompt: bool = False) -> list[Rendered]:
+        """Render many conversations at once: all text goes to the tokenizer in one batch. Regular conversations take
+        the gap fast path (see gaps.py); the others, and any the fast path cannot do exactly, take the general one."""
+        result: list[Rendered | None] = [None] * len(convs)
+        renderer = self.gap_renderer()
+        if renderer is not None:
+            index, items = [], []
+            for i, c in enumerate(convs):
+                item = self.gap_item(c, add_generation_prompt)
+                if item is not None:
+                    index.append(i)
+                    items.append(item)
+            for i, r in zip(index, renderer.render(items), strict=True):
+                result[i] = r
+        rest = [i for i, r in enumerate(result) if r is None]
+        if rest:
+            slow = self.encode_parts([self.parts(convs[i], add_generation_prompt) for i in rest])
+            for i, r in zip(rest, slow, strict=True):
+                result[i] = r
+        return result
 
     def prompt(self, conv: Conversation) -> list[int]:
         """The conversation so far plus the assistant header: the context the engine samples from."""
-        return self.encode_parts([self.parts(conv, add_generation_prompt=True)])[0].ids
+        return self.render_batch([conv], add_generation_prompt=True)[0].ids
+
+    def gap_renderer(self):
+        """The fast-path renderer, for protocols whose conversations are contents between fixed strings."""
+        return None
+
+    def gap_item(self, conv: Conversation, add_generation_prompt: bool):
+        """(gap strings, contents, supervised flags) of a conversation for the fast path, or None."""
+        return None
 
     def text(self, conv: Conversation, add_generation_prompt: bool = False) -> str:
         """The rendered conversation as one string (what a chat template would produce)."""

@@ -50,6 +50,7 @@ class TurnProtocol(Protocol):
     def __init__(self, tokenizer):
         super().__init__(tokenizer)
         self.escaper = Escaper(self.control_tokens)
+        self._gaps = None
         self._header_cache: dict[str, list[tuple[str, str]]] = {}
         self._footer = self._pieces(self.footer)
         if not self._footer or self._footer[0] != ("token", self.end_of_turn):
@@ -80,6 +81,21 @@ class TurnProtocol(Protocol):
             for p in out[-len(self._header("assistant")):]:
                 p.message = NO_MESSAGE
         return out
+
+    def gap_renderer(self):
+        if self._gaps is None:
+            from .gaps import GapRenderer
+
+            self._gaps = GapRenderer(self, self.escaper, self.end_of_turn)
+        return self._gaps
+
+    def gap_item(self, conv: Conversation, add_generation_prompt: bool):
+        msgs = conv.messages
+        heads = [self.header.replace("{role}", m.role) for m in msgs]
+        gaps = [self.begin + heads[0]] + [self.footer + h for h in heads[1:]]
+        gaps.append(self.footer + (self.header.replace("{role}", "assistant") if add_generation_prompt else ""))
+        contents = [assistant_text(m) if m.role == "assistant" else m.content for m in msgs]
+        return gaps, contents, [m.role == "assistant" and m.train for m in msgs]
 
     def parse(self, ids: Sequence[int]) -> Conversation:
         s = "".join(v if k == "token" else self.escaper.escape(v) for k, v in self.split_control(ids))

@@ -62,6 +62,7 @@ class TemplateProtocol(Protocol):
                               "pad_token": tokenizer.pad_token or "", **(template_vars or {})}
         self._refresh_escaper()
         self.end_of_turn = self._learn_end_of_turn()
+        self._gaps = None
         self.skeleton = _Skeleton.learn(self) if fast else None
 
     def _refresh_escaper(self):
@@ -108,6 +109,26 @@ class TemplateProtocol(Protocol):
             return self.skeleton.parts(conv, add_generation_prompt)
         return self._parts_jinja(conv, add_generation_prompt)
 
+    def gap_renderer(self):
+        if self.skeleton is None:
+            return None
+        if self._gaps is None:
+            from .gaps import GapRenderer
+
+            self._gaps = GapRenderer(self, self._splitter, self.end_of_turn)
+        return self._gaps
+
+    def gap_item(self, conv: Conversation, add_generation_prompt: bool):
+        sk = self.skeleton
+        if sk is None or not sk.covers(conv):
+            return None
+        msgs, n = conv.messages, len(conv.messages)
+        gaps = [sk.first[(msgs[0].role, msgs[1].role if n > 1 else END, add_generation_prompt)]]
+        gaps += [sk.gap[(msgs[j].role, msgs[j + 1].role, j == 0)] for j in range(n - 1)]
+        gaps.append(sk.last[(msgs[-1].role, n == 1, add_generation_prompt)])
+        contents = [m.content.strip() if sk.trim else m.content for m in msgs]
+        return gaps, contents, [m.role == "assistant" and m.train for m in msgs]
+
     def _parts_jinja(self, conv: Conversation, add_generation_prompt: bool) -> list[Part]:
         full = self._render_escaped(conv, add_generation_prompt)
         cursor = 0
@@ -115,15 +136,8 @@ class TemplateProtocol(Protocol):
         region_start = 0
         for i, m in enumerate(conv.messages):
             target = self.escaper.escape(m.content)
-            search_from = cursor
-            if m.role == "assistant":
-                prefix = self._render_escaped(conv, True, conv.messages[:i])
-                if full.startswith(prefix) and len(prefix) >= cursor:
-                    search_from = len(prefix)
-            at = full.find(target, search_from) if target else -1
-            if at < 0 and target.strip():
-                at = full.find(target.strip(), search_from)
-                target = target.strip()
+            search_from = max(cursor, self._anchor(conv, i, full))
+            at, target = _locate(full, target, search_from)
             if at >= 0 and m.role != "assistant" and i + 1 < len(conv.messages):
                 following = self.escaper.escape(conv.messages[i + 1].content).strip()
                 nxt = full.find(following, cursor) if following else -1
@@ -152,6 +166,19 @@ class TemplateProtocol(Protocol):
                 region_start = cursor = end
         regions.append((region_start, len(full), NO_MESSAGE, False))
         return self._cut(full, regions)
+
+    _SENTINEL = "\u2063\u2062S\u2062\u2063"
+
+    def _anchor(self, conv: Conversation, i: int, full: str) -> int:
+        """Where message i's content can start in `full`: render the messages before it plus a sentinel in its place;
+        if what precedes the sentinel is a prefix of the full rendering, the content starts there (or later)."""
+        probe = [*conv.messages[:i], Message(conv.messages[i].role, self._SENTINEL)]
+        try:
+            text = self._render_escaped(conv, False, probe)
+        except TemplateError:
+            return 0
+        at = text.find(self._SENTINEL)
+        return at if at >= 0 and full.startswith(text[:at]) else 0
 
     def _cut(self, full: str, regions) -> list[Part]:
         out: list[Part] = []
@@ -186,6 +213,24 @@ class TemplateProtocol(Protocol):
         return self.template
 
 
+def _locate(full: str, target: str, start: int) -> tuple[int, str]:
+    """Where message text `target` is in `full` from `start`, and the text as rendered (as is, or trimmed):
+    right at `start` (after optional whitespace) first, then anywhere later."""
+    if not target:
+        return -1, target
+    stripped = target.strip()
+    skip = start + len(full[start:]) - len(full[start:].lstrip())
+    for candidate in (target, stripped):
+        for pos in (start, skip):
+            if candidate and full.startswith(candidate, pos):
+                return pos, candidate
+    for candidate in (target, stripped):
+        at = full.find(candidate, start) if candidate else -1
+        if at >= 0:
+            return at, candidate
+    return -1, target
+
+
 class _Skeleton:
     """The template as fixed strings between message contents, keyed by the roles around them (see module doc)."""
 
@@ -199,6 +244,7 @@ class _Skeleton:
         self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
         self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
         self._split_cache: dict[str, list] = {}
+        self._parts_cache: dict[tuple, list[Part]] = {}
 
     @classmethod
     def learn(cls, proto: TemplateProtocol) -> _Skeleton | None:
@@ -277,33 +323,39 @@ class _Skeleton:
         msgs = conv.messages
         escape = self.proto.escaper.escape
         n = len(msgs)
-        out = self._gap_parts(self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)], NO_MESSAGE, False, 0)
+        out = list(self._gap_parts(self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)], NO_MESSAGE, False, 0))
         for j, m in enumerate(msgs):
             supervised = m.role == "assistant" and m.train
             text = m.content.strip() if self.trim else m.content
             out.append(Part(text=escape(text) if text else "", message=j, supervised=supervised))
             gap = self.gap[(m.role, msgs[j + 1].role, j == 0)] if j + 1 < n else self.last[(m.role, n == 1, gen)]
             out += self._gap_parts(gap, j, supervised, j + 1 if j + 1 < n else NO_MESSAGE)
-        for p in out:
-            if p.text is not None and self.proto.escaper.ESCAPE_CHAR in p.text:
-                p.text = self.proto.escaper.unescape(p.text)
-        return out
+        esc = self.proto.escaper.ESCAPE_CHAR
+        return [Part(text=self.proto.escaper.unescape(p.text), message=p.message, supervised=p.supervised)
+                if p.text is not None and esc in p.text else p for p in out]
 
     def _gap_parts(self, gap: str, before: int, supervised: bool, after: int) -> list[Part]:
-        """The fixed text between two contents as parts: up to the first control token it closes the message before
+        """The fixed text between two contents as parts: up to its second control token it closes the message before
         (supervised through the end-of-turn token when that message is a trained assistant turn), then it opens the next."""
+        key = (gap, before, supervised, after)
+        cached = self._parts_cache.get(key)
+        if cached is not None:
+            return cached  # shared Part objects: gap text is never escaped, so nothing downstream changes them
         pieces = self._split_cache.get(gap)
         if pieces is None:
             pieces = [(kind, value) for kind, value, _ in self.proto._splitter.split(gap)]
-            first_control = next((i for i, (k, _) in enumerate(pieces) if k == "token"), -1)
-            eot = next((i for i, (k, v) in enumerate(pieces) if k == "token" and v == self.proto.end_of_turn), -1)
-            pieces = self._split_cache[gap] = [(k, v, i <= first_control, i <= eot) for i, (k, v) in enumerate(pieces)]
+            controls = [i for i, (k, _) in enumerate(pieces) if k == "token"]
+            opens = controls[1] if len(controls) > 1 else len(pieces)  # the second control token opens the next message
+            eot = next((i for i in controls if pieces[i][1] == self.proto.end_of_turn), -1)
+            pieces = self._split_cache[gap] = [(k, v, i < opens, i <= eot) for i, (k, v) in enumerate(pieces)]
         out = []
         for kind, value, closes, in_turn in pieces:
             owner = before if closes and before != NO_MESSAGE else after
             sup = supervised and in_turn
             out.append(Part(token=value, message=owner, supervised=sup) if kind == "token"
                        else Part(text=value, message=owner, supervised=sup))
+        if len(self._parts_cache) < 65536:
+            self._parts_cache[key] = out
         return out
 
     def parse(self, s: str) -> list[tuple[str, str]] | None:

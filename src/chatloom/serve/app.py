@@ -104,6 +104,33 @@ def to_conversation(messages: list[ChatMessage]) -> Conversation:
         raise ApiError(400, str(e), "messages") from None
 
 
+class Guard:
+    """Pure ASGI middleware (no response wrapping, so streaming and disconnects pass straight through): rejects
+    oversized bodies and, when an API key is set, /v1 requests without `Authorization: Bearer <key>`."""
+
+    def __init__(self, app, api_key: str | None = None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            length = headers.get("content-length", "")
+            refusal = None
+            if length.isdigit() and int(length) > MAX_BODY_BYTES:
+                refusal = JSONResponse(error_body(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}",
+                                                  code="request_too_large"), status_code=413)
+            elif self.api_key and scope["path"].startswith("/v1/"):
+                given = headers.get("authorization", "")
+                token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+                if not secrets.compare_digest(token.encode(), self.api_key.encode()):
+                    message = "Incorrect API key provided" if token else "Missing API key (Authorization: Bearer ...)"
+                    refusal = JSONResponse(error_body(message, code="invalid_api_key"), status_code=401)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(engine: Engine, api_key: str | None = None, model_name: str | None = None, max_batch: int = 8) -> FastAPI:
     """The FastAPI app serving `engine` (OpenAI-compatible under /v1, the chat page at /)."""
     model_name = model_name or getattr(engine, "name", None) or "chatloom"
@@ -133,23 +160,12 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
     async def http_error(request, exc: StarletteHTTPException):
         return JSONResponse(error_body(str(exc.detail), code=str(exc.status_code)), status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(error_body(f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}",
-                                           code="request_too_large"), status_code=413)
-        if api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            token = given[7:].strip() if given[:7].lower() == "bearer " else ""
-            if not secrets.compare_digest(token.encode(), api_key.encode()):
-                return JSONResponse(error_body("Incorrect API key provided" if token else "Missing API key "
-                                               "(Authorization: Bearer ...)", code="invalid_api_key"), status_code=401)
-        return await call_next(request)
+    app.add_middleware(Guard, api_key=api_key)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "waiting": scheduler.waiting, "batches": scheduler.batches}
+        return {"status": "ok", "model": model_name, "waiting": scheduler.waiting, "batches": scheduler.batches,
+                "cancelled": scheduler.cancelled}
 
     @app.get("/v1/models")
     async def models():
@@ -208,6 +224,7 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
             return StreamingResponse(sse(job, request, cid, created, prompt_tokens, body.n, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         completions: dict[int, Any] = {}
+        watcher = asyncio.create_task(cancel_when_gone(request, job))
         try:
             while len(completions) < body.n:
                 kind, i, payload = await job.events.get()
@@ -218,6 +235,8 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
         except asyncio.CancelledError:
             job.cancel()
             raise
+        finally:
+            watcher.cancel()
         choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
                     "logprobs": None} for i, c in sorted(completions.items())]
         completion_tokens = sum(c.completion_tokens for c in completions.values())
@@ -232,6 +251,7 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         finished, completion_tokens = 0, 0
+        watcher = asyncio.create_task(cancel_when_gone(request, job))
         try:
             for i in range(n):
                 yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
@@ -250,10 +270,20 @@ def create_app(engine: Engine, api_key: str | None = None, model_name: str | Non
                 yield chunk([], usage=usage(prompt_tokens, completion_tokens))
             yield "data: [DONE]\n\n"
         finally:
+            watcher.cancel()
             if finished < n:
                 job.cancel()  # the client went away: free its rows at the next decoding step
 
     return app
+
+
+async def cancel_when_gone(request: Request, job, every: float = 0.25) -> None:
+    """Poll for the client's disconnect (a write to a closed socket is not always noticed) and free its rows."""
+    while True:
+        await asyncio.sleep(every)
+        if await request.is_disconnected():
+            job.cancel()
+            return
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -7,13 +7,17 @@ from pathlib import Path
 import typer
 
 
-def _engine(model: Path, protocol: str | None, dtype: str | None, max_context: int | None):
+def _engine(model: Path, protocol: str | None, dtype: str | None, max_context: int | None, quantize: str | None = None,
+            threads: int = 0):
+    import torch
     from rich.console import Console
 
     from ..engine import Engine
 
+    if threads:
+        torch.set_num_threads(threads)
     try:
-        return Engine.from_pretrained(model, protocol=protocol, dtype=dtype, max_context=max_context)
+        return Engine.from_pretrained(model, protocol=protocol, dtype=dtype, max_context=max_context, quantize=quantize)
     except (FileNotFoundError, OSError, ValueError) as e:
         Console(stderr=True).print(f"[bold red]error:[/] cannot load {model}: {e}", highlight=False)
         raise typer.Exit(2) from None
@@ -31,12 +35,14 @@ def chat(
     seed: int = typer.Option(None, "--seed"),
     dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: as saved)."),
     max_context: int = typer.Option(None, "--max-context", help="Context window (default: the model's)."),
+    quantize: str = typer.Option(None, "--quantize", help="int8: dynamic int8 linear weights (CPU)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: default; 1 is often faster on a busy CPU)."),
 ):
     """Chat with a model in the terminal (streaming; /system TEXT, /reset, /save FILE, /tokens, /quit)."""
     from ..engine import SamplingParams
     from .repl import run
 
-    engine = _engine(model, protocol, dtype, max_context)
+    engine = _engine(model, protocol, dtype, max_context, quantize, threads)
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             repetition_penalty=repetition_penalty, seed=seed)
     run(engine, params, system)
@@ -51,6 +57,8 @@ def serve(
     dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: as saved)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together."),
     max_context: int = typer.Option(None, "--max-context"),
+    quantize: str = typer.Option(None, "--quantize", help="int8: dynamic int8 linear weights (CPU)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: default; 1 is often faster on a busy CPU)."),
     name: str = typer.Option(None, "--name", help="Model name in the API (default: the directory name)."),
 ):
     """Serve a model: OpenAI-compatible API at /v1 and a chat page at /."""
@@ -58,7 +66,7 @@ def serve(
 
     from .app import create_app
 
-    engine = _engine(model, protocol, dtype, max_context)
+    engine = _engine(model, protocol, dtype, max_context, quantize, threads)
     app = create_app(engine, api_key=api_key, model_name=name or model.resolve().name, max_batch=max_batch)
     typer.echo(f"chatloom serving {model} at http://{host}:{port}/ (API: http://{host}:{port}/v1)")
     uvicorn.run(app, host=host, port=port, log_level="info")

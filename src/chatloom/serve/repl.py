@@ -1,7 +1,8 @@
 """`chatloom chat`: talk to a model in the terminal. Replies stream as they are sampled; the conversation is multi-turn.
 
-Commands: `/system TEXT` (set the system message), `/reset` (forget the turns), `/save FILE` (append nothing, write the
-conversation as one Conversation JSONL record), `/tokens` (the token view of the conversation so far), `/help`, `/quit`.
+Commands: `/system TEXT` (set the system message), `/reset` (forget the turns), `/save FILE` (write the conversation as
+one Conversation JSONL record), `/tokens` (the token view of the conversation so far), `/help`, `/quit`. Ctrl+C stops
+the reply being generated.
 """
 
 from __future__ import annotations
@@ -83,14 +84,26 @@ class ChatSession:
         conv = self.conversation()
         self.out.write("assistant> ")
         self.out.flush()
+        pieces = []
+        stream = self.engine.stream(conv, self.params)
         try:
-            for delta in self.engine.stream(conv, self.params):
+            for delta in stream:
+                pieces.append(delta)
                 self.out.write(delta)
                 self.out.flush()
         except ContextWindowError as e:
             self.turns.pop()
             self.out.write("\n")
             self.say(f"error: {e}")
+            return
+        except KeyboardInterrupt:  # Ctrl+C stops this reply, not the session
+            stream.close()
+            self.out.write("\n")
+            self.say("[interrupted]")
+            if pieces and "".join(pieces).strip():
+                self.turns.append(Message("assistant", "".join(pieces)))
+            else:
+                self.turns.pop()
             return
         completion = self.engine.last_completion
         self.out.write("\n")

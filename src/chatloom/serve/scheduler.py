@@ -50,6 +50,7 @@ class Scheduler:
         self.lock = threading.Lock()
         self.batches = 0
         self.largest_batch = 0
+        self.cancelled = 0  # rows ended early because their client went away
 
     @property
     def waiting(self) -> int:
@@ -121,6 +122,7 @@ class Scheduler:
             except Exception as e:  # a failed batch fails its requests, never the server
                 for j in jobs:
                     j.emit("error", -1, f"{type(e).__name__}: {e}")
+            self.cancelled += sum(r.cancelled for r in requests)
 
 
 __all__ = ["Completion", "Job", "Scheduler"]

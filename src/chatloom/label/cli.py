@@ -1,0 +1,144 @@
+"""`chatloom label ...`: serve the labeling app, add accounts, import seeds, export Conversation records."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Labeling app: people write and review conversations, with LLM drafts and provenance.",
+                  no_args_is_help=True)
+user_app = typer.Typer(help="Accounts.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+console = Console()
+err = Console(stderr=True)
+DB_HELP = "Database URL: sqlite:///label.db (a file) or postgresql://user:pass@host/db."
+
+
+def _fail(message: str):
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _progress():
+    """A transient progress bar on stderr: count, rate (items/s) and ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TaskProgressColumn(show_speed=True), TimeRemainingColumn(), console=err, transient=True)
+
+
+def _database(url: str):
+    from .db import Database
+
+    try:
+        return Database(url)
+    except Exception as e:  # a bad URL or an unreachable server: say which
+        _fail(f"cannot open database {url}: {e}")
+
+
+@app.command()
+def serve(db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP),
+          host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8080, "--port"),
+          secure_cookies: bool = typer.Option(False, "--secure-cookies", help="Mark cookies Secure (behind HTTPS).")):
+    """Migrate the database to the newest schema and serve the app."""
+    import threading
+
+    import uvicorn
+
+    from .app import create_app
+    from .preview import warm_up
+
+    database = _database(db)
+    threading.Thread(target=warm_up, args=(database,), daemon=True).start()
+    console.print(f"chatloom label on http://{host}:{port}/login · database {db}")
+    uvicorn.run(create_app(database, secure_cookies=secure_cookies), host=host, port=port, log_level="info")
+
+
+@user_app.command("add")
+def user_add(name: str = typer.Argument(...), role: str = typer.Option(..., "--role", help="admin | labeler | reviewer"),
+             db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP),
+             password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from stdin.")):
+    """Create an account (the password is asked for, or read from stdin)."""
+    from . import auth
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    database = _database(db)
+    try:
+        with database.session() as s:
+            user = auth.add_user(s, name, role, password)
+            console.print(f"added {user.role} {user.name!r} (id {user.id})")
+    except auth.AuthError as e:
+        _fail(str(e))
+
+
+@app.command("import")
+def import_(file: Path = typer.Argument(..., help="JSONL/JSON/Parquet conversations or {\"prompt\": ...} lines, or .txt"),
+            project: str = typer.Option(..., "--project", "-p", help="Project name (created with default settings if new)."),
+            db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP),
+            skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip invalid records (written to FILE.rejects.jsonl).")):
+    """Seed prompts (new trees) or conversations to review."""
+    from ..conversation import Rejects, ValidationError
+    from . import service, transfer
+
+    database = _database(db)
+    rejects = Rejects(file.with_suffix(".rejects.jsonl")) if skip_bad else None
+    try:
+        with database.session() as s:
+            try:
+                proj = service.project_by_name(s, project)
+            except service.NotFound:
+                proj = service.create_project(s, project)
+                console.print(f"created project {project!r} (protocol {proj.protocol})")
+            with _progress() as bar:
+                task = bar.add_task(f"importing {file.name}", total=None)
+                report = transfer.import_file(s, proj, file, on_error="skip" if skip_bad else "fail", rejects=rejects,
+                                              progress=lambda: bar.advance(task))
+    except (ValidationError, FileNotFoundError, service.LabelError) as e:
+        _fail(str(e))
+    console.print(f"imported {report.prompts} prompts and {report.conversations} conversations into {project!r}; "
+                  f"{report.duplicates} already there, {report.rejected} rejected"
+                  + (f" (see {rejects.path})" if report.rejected and rejects else ""))
+
+
+@app.command()
+def export(project: str = typer.Option(..., "--project", "-p"),
+           out: Path = typer.Option(..., "-o", "--out", help="Output .jsonl or .parquet"),
+           threads: str = typer.Option("best", "--threads", help="best: the top-ranked path per tree; all: every path"),
+           db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP)):
+    """Conversation records with provenance in meta (authors, draft model, edit distance, instruction versions)."""
+    from ..conversation import save
+    from . import service, transfer
+
+    if threads not in ("best", "all"):
+        _fail("--threads must be best or all")
+    database = _database(db)
+    try:
+        with database.session() as s:
+            with _progress() as bar:
+                task = bar.add_task(f"exporting {project}", total=None)
+
+                def step(total: int) -> None:
+                    if total:
+                        bar.update(task, total=total)
+                    else:
+                        bar.advance(task)
+
+                convs = transfer.export_project(s, service.project_by_name(s, project), threads, progress=step)
+    except service.LabelError as e:
+        _fail(str(e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = save(convs, out)
+    console.print(f"wrote {n} conversations ({threads} threads) to {out}")

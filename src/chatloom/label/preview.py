@@ -1,0 +1,67 @@
+"""Live token preview for the reply editor: the conversation rendered by the project's protocol and tokenizer, each
+token with its text, whether the loss sees it, and the message it belongs to (the same `render` training uses)."""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+from ..conversation import Conversation, ValidationError
+from ..conversation import Message as ConvMessage
+from ..protocols import view
+
+_lock = threading.Lock()
+MAX_PREVIEW_CHARS = 60_000
+
+
+@lru_cache(maxsize=8)
+def _protocol(protocol: str, tokenizer_path: str | None):
+    from .. import protocols
+    from ..cli import DEFAULT_TOKENIZER
+
+    return protocols.get(protocol, str(tokenizer_path or DEFAULT_TOKENIZER), copy=True)
+
+
+def protocol_for(project):
+    with _lock:
+        return _protocol(project.protocol, project.tokenizer_path)
+
+
+def preview(project, messages: list[dict], system: str | None = None) -> dict:
+    """Token view of `messages` ([{role, content}]); empty messages (an editor not yet filled) are left out."""
+    if sum(len(str(m.get("content", ""))) for m in messages) > MAX_PREVIEW_CHARS:
+        raise ValidationError(f"preview is limited to {MAX_PREVIEW_CHARS} characters")
+    turns = [ConvMessage(str(m["role"]), str(m["content"])) for m in messages if str(m.get("content", "")).strip()]
+    if system:
+        turns.insert(0, ConvMessage("system", system))
+    if not turns:
+        return {"tokens": [], "num_tokens": 0, "num_supervised": 0, "per_message": [], "protocol": project.protocol}
+    conv = Conversation(turns).validate()
+    proto = protocol_for(project)
+    with _lock:
+        tv = view.as_json(conv, proto.render(conv), proto)
+    per = [{"role": m.role, "tokens": 0, "supervised": 0} for m in conv.messages]
+    for mi, sup in zip(tv["message_index"], tv["mask"], strict=True):
+        if 0 <= mi < len(per):
+            per[mi]["tokens"] += 1
+            per[mi]["supervised"] += int(sup)
+    return {"tokens": [[t, int(s), int(mi)] for t, s, mi in zip(tv["tokens"], tv["mask"], tv["message_index"], strict=True)],
+            "num_tokens": tv["num_tokens"], "num_supervised": int(tv["num_supervised"]), "per_message": per,
+            "protocol": proto.name, "tokenizer": proto.tokenizer.name}
+
+
+def warm_up(database) -> None:
+    """Load the tokenizers of existing projects (and the bundled one) so the first preview is not slow; run in a thread."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from .models import Project
+
+    with database.session() as s:
+        wanted = {(p.protocol, p.tokenizer_path) for p in s.scalars(select(Project))} | {("chatml", None)}
+    for protocol, tokenizer_path in wanted:
+        try:
+            protocol_for(SimpleNamespace(protocol=protocol, tokenizer_path=tokenizer_path))
+        except Exception:  # a broken project tokenizer shows its error in the editor, not at startup
+            pass

@@ -1,0 +1,81 @@
+"""The quickstart's base model without a download: a small chatloom Llama pretrained on the Python stdlib's own prose.
+
+`ensure_base` writes the corpus (`corpus.py`) as JSONL documents, pretrains with `chatloom.train` for the number of
+steps the caller sized to its time budget, and caches the result under `~/.cache/chatloom/base-<key>` (`CHATLOOM_CACHE`
+overrides the root), so a second quickstart skips it. The key depends on the config, the protocol, the Python version
+(the corpus) and chatloom's version, not on the step count measured for this machine, so a rerun always hits the cache.
+`bring_base` instead takes any model directory or `.gguf` file and writes it as a plain model directory with the
+protocol's control tokens, so it can be evaluated before SFT exactly like the built-in base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .corpus import stdlib_documents
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CHATLOOM_CACHE") or Path.home() / ".cache" / "chatloom")
+
+
+def cache_key(config: str, protocol: str, seq_len: int, tag: str = "") -> str:
+    from .. import __version__
+
+    text = json.dumps([config, protocol, seq_len, tag, sys.version_info[:2], __version__])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_corpus_jsonl(path: Path, max_chars: int | None = None) -> tuple[Path, int]:
+    """The stdlib corpus, one {"text": document} per line; returns (path, number of documents)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, total = 0, 0
+    with path.open("w", encoding="utf-8") as f:
+        for doc in stdlib_documents():
+            f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+            n, total = n + 1, total + len(doc)
+            if max_chars and total >= max_chars:
+                break
+    return path, n
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "chatloom.json").is_file()
+
+
+def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: int = 256, batch_size: int = 16,
+                lr: float = 2e-3, tag: str = "", corpus_chars: int | None = None, log=print) -> tuple[Path, bool]:
+    """(model dir, reused): the cached pretrained base, trained now if missing."""
+    from ..train import TrainConfig, train
+
+    out = cache_root() / f"base-{cache_key(config, protocol, seq_len, tag)}"
+    if is_model_dir(out):
+        log(f"base model: reusing the cached {out}")
+        return out, True
+    name = f"stdlib-py{sys.version_info[0]}{sys.version_info[1]}{f'-{corpus_chars}' if corpus_chars else ''}.jsonl"
+    corpus, n = write_corpus_jsonl(cache_root() / "corpus" / name, max_chars=corpus_chars)
+    log(f"base model: pretraining config {config!r} for {steps} steps on {n} stdlib documents ({corpus})")
+    work = out.parent / f"{out.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    train(TrainConfig(out=str(work), mode="pretrain", model=config, text=[str(corpus)], protocol=protocol,
+                      max_steps=steps, seq_len=seq_len, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 20)))
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
+    return out, False
+
+
+def bring_base(source: str, out_dir: Path, protocol: str = "chatml") -> Path:
+    """A user's model (HF directory or .gguf) as a plain model directory with `protocol`'s control tokens."""
+    from .. import protocols
+    from ..train.export import export_model
+    from ..train.models import fit_vocab, load_model
+
+    model, tok = load_model(source)
+    proto = protocols.get(protocol, tok)
+    fit_vocab(model, len(tok))
+    return export_model(model, proto, out_dir, extra={"base_model": str(source)})

@@ -1,0 +1,203 @@
+"""The embedded conversation set: the hand-written seeds in `seeds.py`, expanded by templates into train and held-out.
+
+`build()` is deterministic (a seeded `random.Random`), so `python -m chatloom.quickstart.dataset` rewrites the packaged
+files `data/train.jsonl` and `data/heldout.jsonl` byte for byte. Every record carries `meta.tags` (its categories:
+identity, arithmetic, refusal, benign, helpful, multiturn); held-out records also carry `meta.probe`, what `chatloom.evals`
+checks in the model's reply to the last turn: {"kind": "identity" | "arithmetic" | "refusal" | "benign" | "helpful",
+"expect": ...}.
+
+Held-out is disjoint from training: no held-out user turn occurs in training, and its values differ (other harmful
+and benign targets, other facts and words; arithmetic questions whose operand order never appears in training — for
++ and * only the commuted question is trained, held-out subtractions are never trained at all).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..conversation import Conversation, Message, save
+from . import seeds
+
+DATA_DIR = Path(__file__).parent / "data"
+TRAIN_PATH = DATA_DIR / "train.jsonl"
+HELDOUT_PATH = DATA_DIR / "heldout.jsonl"
+META = {"source": "chatloom:quickstart", "license": "Apache-2.0", "lang": "en"}
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+TRAIN_ARITH_FRAMES = ["What is {e}?", "what's {e}", "Compute {e}.", "{e}=?", "What does {e} equal?", "Calculate {e}",
+                      "{e}", "Quick: {e}?", "Can you tell me what {e} is?"]
+HELDOUT_ARITH_FRAMES = ["How much is {e}?", "Solve {e}.", "Please work out {e}."]
+TRAIN_FOLLOWUPS = ["What if it was {new} instead of {old}?", "And with {new} instead of {old}?", "Now try {new} instead of {old}.",
+                   "What about {new} instead?"]
+HELDOUT_FOLLOWUPS = ["And if it were {new} rather than {old}?", "How about using {new} in place of {old}?"]
+
+
+def equation(a: int, op: str, b: int) -> str:
+    return f"{a}{op}{b}"
+
+
+def arithmetic_answer(a: int, op: str, b: int) -> str:
+    return f"{equation(a, op, b)} = {OPS[op](a, b)}"
+
+
+def followup_answer(a: int, old: str, new: str, b: int) -> str:
+    value, before = OPS[new](a, b), OPS[old](a, b)
+    if value == before:
+        return f"{arithmetic_answer(a, new, b)}, same as {equation(a, old, b)}!"
+    return f"{arithmetic_answer(a, new, b)}, while {arithmetic_answer(a, old, b)}."
+
+
+def heldout_triples(rng: random.Random) -> set[tuple[int, str, int]]:
+    """20 per operator. For + and * the operands satisfy a > b and the commuted b op a stays in training."""
+    held = set()
+    for op in ("+", "*"):
+        pairs = [(a, b) for a in range(10) for b in range(10) if a > b]
+        held |= {(a, op, b) for a, b in rng.sample(pairs, 20)}
+    pairs = [(a, b) for a in range(10) for b in range(10) if (a, b) != (2, 2)]
+    held |= {(a, "-", b) for a, b in rng.sample(pairs, 20)}
+    return held
+
+
+class Builder:
+    """Collects conversations of one split; `system` prompts are sprinkled in at a fixed rate."""
+
+    def __init__(self, rng: random.Random, heldout: bool):
+        self.rng, self.heldout, self.convs = rng, heldout, []
+
+    def add(self, turns: list[tuple[str, str]], tags: Iterable[str], probe: dict | None = None):
+        messages = []
+        if self.rng.random() < 0.3:
+            messages.append(Message("system", self.rng.choice(seeds.SYSTEM_PROMPTS)))
+        for user, assistant in turns:
+            messages += [Message("user", user), Message("assistant", assistant)]
+        meta = dict(META, tags=sorted(set(tags)), split="heldout" if self.heldout else "train")
+        if probe is not None:
+            meta["probe"] = probe
+        self.convs.append(Conversation(messages, meta=meta))
+
+
+def spaced(rng: random.Random, a: int, op: str, b: int) -> str:
+    return f"{a} {op} {b}" if rng.random() < 0.3 else equation(a, op, b)
+
+
+def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
+    rng = random.Random(f"{seed}:{'heldout' if heldout else 'train'}")
+    held_triples = heldout_triples(random.Random(seed))
+    b = Builder(rng, heldout)
+    pick = (lambda train, held: held) if heldout else (lambda train, held: train)
+
+    # identity
+    questions = pick(seeds.TRAIN_IDENTITY_QUESTIONS, seeds.HELDOUT_IDENTITY_QUESTIONS)
+    for q in questions * (1 if heldout else 8):
+        b.add([(q, rng.choice(seeds.IDENTITY_ANSWERS))], ["identity"], {"kind": "identity"})
+
+    # arithmetic, single turn and with a follow-up that changes the operator
+    all_triples = [(x, op, y) for op in OPS for x in range(10) for y in range(10)]
+    triples = sorted(held_triples) if heldout else [t for t in all_triples if t not in held_triples]
+    frames = pick(TRAIN_ARITH_FRAMES, HELDOUT_ARITH_FRAMES)
+    for x, op, y in triples * (1 if heldout else 3):
+        q = rng.choice(frames).format(e=spaced(rng, x, op, y))
+        b.add([(q, arithmetic_answer(x, op, y))], ["arithmetic"], {"kind": "arithmetic", "expect": arithmetic_answer(x, op, y)})
+    followups = pick(TRAIN_FOLLOWUPS, HELDOUT_FOLLOWUPS)
+    n_followups = 40 if heldout else 700
+    made = 0
+    while made < n_followups:
+        x, y = rng.randrange(10), rng.randrange(10)
+        old, new = rng.sample(list(OPS), 2)
+        first, second = (x, old, y), (x, new, y)
+        if heldout != (second in held_triples) or (not heldout and first in held_triples):
+            continue
+        q1 = rng.choice(frames).format(e=spaced(rng, x, old, y))
+        q2 = rng.choice(followups).format(new=new, old=old)
+        b.add([(q1, arithmetic_answer(*first)), (q2, followup_answer(x, old, new, y))], ["arithmetic", "multiturn"],
+              {"kind": "arithmetic", "expect": arithmetic_answer(*second)})
+        made += 1
+    if not heldout:  # the seed example itself, a few times
+        for _ in range(10):
+            b.add([("What is 2+2?", "2+2 = 4"), ("What if it was * instead of +?", "2*2 = 4, same as 2+2!")],
+                  ["arithmetic", "multiturn"], {"kind": "arithmetic", "expect": "2*2 = 4"})
+
+    # refusals and their benign look-alikes
+    harm_frames = pick(seeds.TRAIN_HARM_FRAMES, seeds.HELDOUT_HARM_FRAMES)
+    for target in pick(seeds.TRAIN_HARMFUL, seeds.HELDOUT_HARMFUL):
+        for frame in (rng.sample(harm_frames, 2) if heldout else harm_frames):
+            b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], {"kind": "refusal"})
+    benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
+    for target, answer in pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN):
+        for frame in (rng.sample(benign_frames, 2) if heldout else benign_frames * 2):
+            b.add([(frame.format(x=target), answer)], ["benign"], {"kind": "benign"})
+
+    # short helpful answers
+    for phrasings, answer in pick(seeds.TRAIN_FACTS, seeds.HELDOUT_FACTS):
+        for q in phrasings * (1 if heldout else 4):
+            b.add([(q, answer)], ["helpful"], {"kind": "helpful", "expect": answer})
+    for w, o in pick(seeds.OPPOSITES, seeds.HELDOUT_OPPOSITES):
+        for x, y in ((w, o), (o, w)):
+            b.add([(f"What is the opposite of {x}?", f"The opposite of {x} is {y}.")], ["helpful"],
+                  {"kind": "helpful", "expect": f"The opposite of {x} is {y}."})
+    for w in pick(seeds.WORDS, seeds.HELDOUT_WORDS):
+        b.add([(f"Spell '{w}' backwards.", f"'{w}' backwards is '{w[::-1]}'.")], ["helpful"],
+              {"kind": "helpful", "expect": f"'{w}' backwards is '{w[::-1]}'."})
+        b.add([(f"Write '{w}' in capital letters.", w.upper())], ["helpful"], {"kind": "helpful", "expect": w.upper()})
+        b.add([(f"How many letters are in '{w}'?", f"'{w}' has {len(w)} letters.")], ["helpful"],
+              {"kind": "helpful", "expect": f"'{w}' has {len(w)} letters."})
+    numbers = [n for n in range(100) if (n % 10 == 7) == heldout]
+    for n in numbers:
+        b.add([(f"What number comes after {n}?", f"{n + 1} comes after {n}.")], ["helpful"],
+              {"kind": "helpful", "expect": f"{n + 1} comes after {n}."})
+
+    # multi-turn: greetings, thanks, identity chains, a refusal followed by a fine request
+    greetings, thanks = pick(seeds.GREETINGS, seeds.HELDOUT_GREETINGS), pick(seeds.THANKS, seeds.HELDOUT_THANKS)
+    facts = pick(seeds.TRAIN_FACTS, seeds.HELDOUT_FACTS)
+    benign, harmful = pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN), pick(seeds.TRAIN_HARMFUL, seeds.HELDOUT_HARMFUL)
+    for _ in range(12 if heldout else 150):
+        greet = (rng.choice(greetings), rng.choice(seeds.GREETING_ANSWERS))
+        q = rng.choice(questions)
+        b.add([greet, (q, rng.choice(seeds.IDENTITY_ANSWERS))], ["identity", "multiturn"], {"kind": "identity"})
+        phrasings, answer = rng.choice(facts)
+        b.add([(rng.choice(phrasings), answer), (rng.choice(thanks), rng.choice(seeds.THANKS_ANSWERS))],
+              ["helpful", "multiturn"], {"kind": "helpful", "expect": None})
+        target, answer = rng.choice(benign)
+        b.add([(rng.choice(harm_frames).format(x=rng.choice(harmful)), rng.choice(seeds.REFUSAL_ANSWERS)),
+               (rng.choice(benign_frames).format(x=target), answer)], ["benign", "refusal", "multiturn"], {"kind": "benign"})
+        x, y = rng.randrange(10), rng.randrange(10)
+        if ((x, "+", y) in held_triples) == heldout:
+            b.add([(rng.choice(questions), rng.choice(seeds.IDENTITY_ANSWERS)), (rng.choice(frames).format(e=f"{x}+{y}"),
+                   arithmetic_answer(x, "+", y))], ["identity", "arithmetic", "multiturn"],
+                  {"kind": "arithmetic", "expect": arithmetic_answer(x, "+", y)})
+    rng.shuffle(b.convs)
+    return dedupe(b.convs)
+
+
+def dedupe(convs: list[Conversation]) -> list[Conversation]:
+    seen, out = set(), []
+    for c in convs:
+        if c.id not in seen:
+            seen.add(c.id)
+            out.append(c)
+    return out
+
+
+def build(seed: int = 0) -> tuple[list[Conversation], list[Conversation]]:
+    """(train, heldout); held-out records whose user turns occur in training are dropped here, never written."""
+    train = build_split(False, seed)
+    train_users = {m.content for c in train for m in c.messages if m.role == "user"}
+    heldout = [c for c in build_split(True, seed)
+               if not any(m.role == "user" and m.content in train_users for m in c.messages)]
+    return train, heldout
+
+
+def write(out_dir: str | Path = DATA_DIR, seed: int = 0) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train, heldout = build(seed)
+    save(train, out_dir / "train.jsonl")
+    save(heldout, out_dir / "heldout.jsonl")
+    return out_dir / "train.jsonl", out_dir / "heldout.jsonl"
+
+
+if __name__ == "__main__":
+    for path in write():
+        print(path)

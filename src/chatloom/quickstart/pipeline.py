@@ -1,0 +1,165 @@
+"""`chatloom quickstart`: the whole story in one run, on the embedded default, without a download or a GPU.
+
+base (pretrained here on the stdlib's prose, cached; or the user's `--model`) -> SFT on the embedded conversation set
+-> evaluation of both on the held-out set -> `report.html` -> the commands to chat with and serve the result.
+The step counts are sized to `minutes` on this machine (see `budget.py`); `tiny=True` shrinks everything for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from ..conversation import load
+from . import budget
+from .dataset import HELDOUT_PATH, TRAIN_PATH
+
+console = Console()
+DOCUMENT_PROMPTS = ["The Python standard library", "Return the number of", "This module provides"]
+
+
+@dataclass
+class Settings:
+    config: str = "small"
+    seq_len: int = 256
+    batch_size: int = 16
+    pretrain_lr: float = 2e-3
+    sft_lr: float = 1e-3
+    max_tokens: int = 64
+    heldout_limit: int = 0  # 0: the whole held-out set
+    train_limit: int = 0  # 0: the whole training set
+    fixed_plan: budget.Plan | None = None
+    corpus_chars: int | None = None  # None: the whole stdlib corpus
+
+    @classmethod
+    def tiny(cls) -> Settings:
+        return cls(config="tiny", seq_len=128, batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=24,
+                   heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 60), corpus_chars=200_000)
+
+
+@dataclass
+class QuickstartResult:
+    out: Path
+    base_dir: Path
+    sft_dir: Path
+    report: Path
+    reports: list[dict]
+    timings: dict[str, float] = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
+
+
+def stage(n: int, title: str):
+    console.rule(f"[bold]{n}/5 · {title}")
+
+
+def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: float = 15.0, tiny: bool = False,
+        protocol: str = "chatml") -> QuickstartResult:
+    from ..evals import evaluate, metrics_table
+    from ..evals.generate import load_engine
+    from ..train import TrainConfig, train
+    from .base import bring_base, ensure_base
+    from .report import write_report
+
+    tiny = tiny or os.environ.get("CHATLOOM_QUICKSTART_TINY") == "1"
+    s = Settings.tiny() if tiny else Settings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    stage(1, "time budget")
+    if s.fixed_plan is not None:
+        plan = s.fixed_plan
+    else:
+        step = budget.time_one_step(s.config, s.seq_len, s.batch_size)
+        # leave ~35% of the budget for loading, corpus, evaluation of two models and the report
+        plan = budget.plan(minutes * 60 * 0.65, step)
+    if model:
+        plan.pretrain_steps = 0
+    console.print(f"one step of {s.config!r} takes {plan.step_seconds:.2f}s here -> pretrain {plan.pretrain_steps} steps, "
+                  f"SFT {plan.sft_steps} steps (budget {minutes:g} min)")
+    timings["budget"] = time.perf_counter() - started
+
+    stage(2, "base model")
+    t = time.perf_counter()
+    if model:
+        console.print(f"bringing your base model {model}")
+        base_dir = bring_base(model, out / "base", protocol=protocol)
+    else:
+        base_dir, _ = ensure_base(s.config, plan.pretrain_steps, protocol=protocol, seq_len=s.seq_len,
+                                  batch_size=s.batch_size, lr=s.pretrain_lr, tag="tiny" if tiny else "",
+                                  corpus_chars=s.corpus_chars, log=console.print)
+    timings["base"] = time.perf_counter() - t
+
+    stage(3, "supervised fine-tuning on the embedded conversations")
+    t = time.perf_counter()
+    data = TRAIN_PATH
+    if s.train_limit:
+        from ..conversation import save
+
+        data = out / "train-subset.jsonl"
+        save(list(load(TRAIN_PATH))[:s.train_limit], data)
+    sft_dir = out / "sft"
+    train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], protocol=protocol,
+                      max_steps=plan.sft_steps, seq_len=s.seq_len, batch_size=s.batch_size,
+                      lr=s.sft_lr if not model else 1e-4, warmup_steps=max(1, plan.sft_steps // 20)))
+    timings["sft"] = time.perf_counter() - t
+
+    stage(4, "evaluation on the held-out set")
+    t = time.perf_counter()
+    heldout = list(load(HELDOUT_PATH))
+    if s.heldout_limit:
+        heldout = spread(heldout, s.heldout_limit)
+    reports, continuations = [], {}
+    for label, model_dir in (("base", base_dir), ("sft", sft_dir)):
+        engine = load_engine(model_dir)
+        reports.append(evaluate(model_dir, heldout, max_tokens=s.max_tokens, engine=engine, label=label))
+        continuations[label] = continue_documents(engine, DOCUMENT_PROMPTS, max_new_tokens=s.max_tokens // 2)
+    timings["eval"] = time.perf_counter() - t
+    console.print(metrics_table(reports, title="held-out set: base vs SFT"))
+
+    stage(5, "report")
+    timings["total"] = time.perf_counter() - started
+    (out / "eval.json").write_text(json.dumps(reports, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    report = write_report(out / "report.html", reports=reports, base_dir=base_dir, sft_dir=sft_dir,
+                          continuations=continuations, timings=timings, plan=plan.as_dict(), protocol=protocol)
+    console.print(f"wrote {report} and {out / 'eval.json'}  (total {timings['total'] / 60:.1f} min)")
+    console.print("\nTalk to your model:")
+    console.print(f"  chatloom chat --model {sft_dir}", highlight=False)
+    console.print(f"  chatloom serve --model {sft_dir} --port 8000   # OpenAI-compatible API at http://127.0.0.1:8000/v1",
+                  highlight=False)
+    console.print(f"  chatloom eval --model {sft_dir} --compare {base_dir} --html {out / 'eval.html'}", highlight=False)
+    return QuickstartResult(out, base_dir, sft_dir, report, reports, timings, plan.as_dict())
+
+
+def spread(items: list, n: int) -> list:
+    """`n` items taken evenly across the list (so every probe kind is represented in a tiny run)."""
+    by_kind: dict[str, list] = {}
+    for c in items:
+        by_kind.setdefault((c.meta.get("probe") or {}).get("kind", ""), []).append(c)
+    out, i = [], 0
+    while len(out) < min(n, len(items)):
+        for group in by_kind.values():
+            if i < len(group) and len(out) < n:
+                out.append(group[i])
+        i += 1
+    return out
+
+
+def continue_documents(engine, prompts: list[str], max_new_tokens: int = 32) -> list[tuple[str, str]]:
+    """Greedy continuation of raw text (no protocol): what a base model does with a document."""
+    import torch
+
+    tok, out = engine.tokenizer, []
+    for prompt in prompts:
+        ids = torch.tensor([tok.encode(prompt)])
+        with torch.no_grad():
+            gen = engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                        do_sample=False, pad_token_id=engine.protocol.end_of_turn_id)
+        out.append((prompt, tok.decode(gen[0, ids.shape[1]:].tolist())))
+    return out

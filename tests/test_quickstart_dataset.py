@@ -1,0 +1,76 @@
+"""The embedded conversation set: sizes, tags, validity, held-out disjointness, and that the packaged files are current."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from chatloom.conversation import Conversation, load
+from chatloom.quickstart import dataset
+
+CATEGORIES = {"identity", "arithmetic", "refusal", "benign", "helpful", "multiturn"}
+
+
+@pytest.fixture(scope="module")
+def packaged():
+    return list(load(dataset.TRAIN_PATH)), list(load(dataset.HELDOUT_PATH))
+
+
+def user_turns(convs):
+    return {m.content for c in convs for m in c.messages if m.role == "user"}
+
+
+def test_sizes_and_tags(packaged):
+    train, heldout = packaged
+    assert len(train) >= 2000 and len(heldout) >= 200
+    for split in (train, heldout):
+        tags = Counter(t for c in split for t in c.meta["tags"])
+        assert set(tags) == CATEGORIES, tags
+        assert min(tags.values()) >= 20
+    assert all(c.meta.get("probe", {}).get("kind") in {"identity", "arithmetic", "refusal", "benign", "helpful"} for c in heldout)
+
+
+def test_every_record_validates_and_ends_with_assistant(packaged):
+    for path in (dataset.TRAIN_PATH, dataset.HELDOUT_PATH):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            Conversation.from_dict(json.loads(line), require_assistant_end=True)
+    assert dataset.TRAIN_PATH.stat().st_size < 4_000_000
+
+
+def test_heldout_is_disjoint(packaged):
+    train, heldout = packaged
+    assert not user_turns(train) & user_turns(heldout)
+    assert not {c.id for c in train} & {c.id for c in heldout}
+    # arithmetic values: a held-out question's operands in that order are never asked or answered in training
+    trained = {m for c in train for msg in c.messages for m in re.findall(r"(\d ?[-+*] ?\d)", msg.content)}
+    trained = {t.replace(" ", "") for t in trained}
+    for c in heldout:
+        if c.meta["probe"]["kind"] == "arithmetic":
+            asked = c.meta["probe"]["expect"].split(" = ")[0]
+            assert asked not in trained, asked
+    # refusal and benign targets differ
+    from chatloom.quickstart import seeds
+
+    assert not set(seeds.TRAIN_HARMFUL) & set(seeds.HELDOUT_HARMFUL)
+    assert not {t for t, _ in seeds.TRAIN_BENIGN} & {t for t, _ in seeds.HELDOUT_BENIGN}
+
+
+def test_seed_style_and_voice(packaged):
+    train, _ = packaged
+    texts = [[m.content for m in c.messages if m.role != "system"] for c in train]
+    assert ["What is 2+2?", "2+2 = 4", "What if it was * instead of +?", "2*2 = 4, same as 2+2!"] in texts
+    for c in train:
+        last = c.messages[-1].content
+        if "identity" in c.meta["tags"] and c.meta["probe"]["kind"] == "identity":
+            assert "Loom" in last and "chatloom project" in last
+        if c.meta["tags"] == ["refusal"]:
+            assert last.startswith("I'm sorry, but I can't help with")
+
+
+def test_generator_is_deterministic_and_matches_package(tmp_path, packaged):
+    train_path, heldout_path = dataset.write(tmp_path)
+    assert train_path.read_bytes() == dataset.TRAIN_PATH.read_bytes()
+    assert heldout_path.read_bytes() == dataset.HELDOUT_PATH.read_bytes()
