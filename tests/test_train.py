@@ -270,3 +270,15 @@ def test_cli_pretrain_and_sft(tmp_path, convs_file):
                                    "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "nope" in res.output
     assert Example([1, 2], [2, IGNORE]).num_supervised == 1
+
+
+def test_step_without_supervised_tokens_is_skipped_not_nan(convs_file, tmp_path):
+    run = Run(TrainConfig(out=str(tmp_path / "r"), model="tiny", data=[str(convs_file)], seq_len=64, batch_size=2,
+                          max_steps=2, precision="fp32", progress=False))
+    run.shard.targets[:] = IGNORE  # as if truncation had removed every supervised token of these rows
+    before = [p.detach().clone() for p in run.model.parameters()]
+    result = run.fit()
+    assert result.skipped_steps == 2 and result.final["train_loss"] is None
+    assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("skipped") for r in rows] == [True, True] and not any("loss" in r for r in rows)
