@@ -49,7 +49,7 @@ def is_model_dir(path: Path) -> bool:
 
 
 def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: int = 256, batch_size: int = 16,
-                lr: float = 2e-3, tag: str = "", log=print) -> tuple[Path, bool]:
+                lr: float = 2e-3, tag: str = "", corpus_chars: int | None = None, log=print) -> tuple[Path, bool]:
     """(model dir, reused): the cached pretrained base, trained now if missing."""
     from ..train import TrainConfig, train
 
@@ -57,7 +57,8 @@ def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: i
     if is_model_dir(out):
         log(f"base model: reusing the cached {out}")
         return out, True
-    corpus, n = write_corpus_jsonl(cache_root() / "corpus" / f"stdlib-py{sys.version_info[0]}{sys.version_info[1]}.jsonl")
+    name = f"stdlib-py{sys.version_info[0]}{sys.version_info[1]}{f'-{corpus_chars}' if corpus_chars else ''}.jsonl"
+    corpus, n = write_corpus_jsonl(cache_root() / "corpus" / name, max_chars=corpus_chars)
     log(f"base model: pretraining config {config!r} for {steps} steps on {n} stdlib documents ({corpus})")
     work = out.parent / f"{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)

@@ -48,7 +48,7 @@ def time_one_step(config: str, seq_len: int, batch_size: int, repeats: int = 2) 
     return best
 
 
-def plan(train_seconds: float, step_seconds: float, pretrain_share: float = 0.4, min_steps: int = 20,
+def plan(train_seconds: float, step_seconds: float, pretrain_share: float = 0.3, min_steps: int = 20,
          max_pretrain: int = 400, max_sft: int = 500) -> Plan:
     total = max(2 * min_steps, int(train_seconds / step_seconds))
     pre = min(max_pretrain, max(min_steps, int(total * pretrain_share)))

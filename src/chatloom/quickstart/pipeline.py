@@ -34,11 +34,12 @@ class Settings:
     heldout_limit: int = 0  # 0: the whole held-out set
     train_limit: int = 0  # 0: the whole training set
     fixed_plan: budget.Plan | None = None
+    corpus_chars: int | None = None  # None: the whole stdlib corpus
 
     @classmethod
     def tiny(cls) -> Settings:
         return cls(config="tiny", seq_len=128, batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=24,
-                   heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 10, 80))
+                   heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 60), corpus_chars=200_000)
 
 
 @dataclass
@@ -92,7 +93,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     else:
         base_dir, _ = ensure_base(s.config, plan.pretrain_steps, protocol=protocol, seq_len=s.seq_len,
                                   batch_size=s.batch_size, lr=s.pretrain_lr, tag="tiny" if tiny else "",
-                                  log=console.print)
+                                  corpus_chars=s.corpus_chars, log=console.print)
     timings["base"] = time.perf_counter() - t
 
     stage(3, "supervised fine-tuning on the embedded conversations")

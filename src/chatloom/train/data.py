@@ -214,9 +214,12 @@ def pack(examples: Sequence[Example], seq_len: int, pad_id: int, stats: DataStat
     return PackedShard(ids, targets, positions, segments)
 
 
-def attention_mask(segments: torch.Tensor) -> torch.Tensor:
-    """(B, 1, L, L) boolean mask: token q sees token k iff k <= q and both are in the same example (or both padding)."""
+def attention_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B, 1, L, L) mask: token q sees token k iff k <= q and both are in the same example (or both padding).
+    Boolean, or additive (0 / most negative) in `dtype`: on CPU, SDPA's backward is ~2x faster with an additive mask."""
     length = segments.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
-    same = segments[:, :, None] == segments[:, None, :]
-    return (same & causal)[:, None]
+    allowed = ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill_(~allowed, torch.finfo(dtype).min)

@@ -66,7 +66,10 @@ class SupervisedLoss(nn.Module):
 
     def forward(self, ids, positions, segments, targets):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        hidden = base.get_decoder()(input_ids=ids, attention_mask=attention_mask(segments), position_ids=positions,
+        device = ids.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else \
+            base.get_input_embeddings().weight.dtype
+        hidden = base.get_decoder()(input_ids=ids, attention_mask=attention_mask(segments, dtype), position_ids=positions,
                                     use_cache=False).last_hidden_state
         supervised = targets != IGNORE
         logits = base.get_output_embeddings()(hidden[supervised]).float()

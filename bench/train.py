@@ -1,0 +1,180 @@
+"""Benchmark: chatloom's trainer vs TRL `SFTTrainer` on the same tiny Llama, tokenizer, conversations and steps (CPU).
+
+All trainers get the *same* protocol-rendered token ids and assistant masks (TRL through a pre-tokenized dataset with
+`assistant_masks`, i.e. assistant-only loss), the same initial weights, optimizer settings and number of optimizer steps.
+TRL runs (a) padding, (b) `packing=True` (BFD), (c) `packing=True, packing_strategy="wrapped"` (conversations attend to
+each other). Validation loss is measured by one evaluator (chatloom's exact per-supervised-token loss on packed rows
+with a block-diagonal mask) for every trained model. Prints JSON. Timings on a shared CPU are noisy: read the ratios.
+
+    python bench/train.py [--convs 3200] [--steps 20] [--rows 4] [--seq-len 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from chatloom import protocols
+from chatloom.conversation import Conversation, Message, save
+from chatloom.quickstart.corpus import stdlib_documents
+from chatloom.train import TrainConfig
+from chatloom.train.data import DataStats, conversation_examples, pack
+from chatloom.train.loop import Run, SupervisedLoss
+from chatloom.train.models import build_model, fit_vocab, load_model
+
+
+def make_conversations(n: int, seed: int = 0) -> list[Conversation]:
+    """Mixed lengths: 1-3 turns, answers from 5 to ~250 words of real prose (stdlib documentation)."""
+    rng = random.Random(seed)
+    docs = [d for _, d in zip(range(4000), stdlib_documents(), strict=False)]
+    convs = []
+    for _ in range(n):
+        msgs = [Message("system", "You are a helpful assistant.")] if rng.random() < 0.3 else []
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            words = rng.choice(docs).split()
+            start = rng.randrange(max(1, len(words) - 10))
+            q = " ".join(words[start:start + rng.randint(4, 20)])
+            length = int(rng.choice([5, 15, 40, 80, 150, 250]) * rng.uniform(0.5, 1.0))
+            a = " ".join(words[start:start + length]) or "Yes."
+            msgs += [Message("user", f"Explain: {q}"), Message("assistant", a)]
+        convs.append(Conversation(msgs))
+    return convs
+
+
+def val_loss(model, val_shard, batch=8) -> float:
+    loss, total, count = SupervisedLoss(model).eval(), 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(val_shard), batch):
+            rows = range(i, min(i + batch, len(val_shard)))
+            b = val_shard.batch(rows)
+            total += loss(b["ids"], b["positions"], b["segments"], b["targets"]).item()
+            count += val_shard.supervised(rows)
+    return total / count
+
+
+def run_chatloom(base: Path, train_file: Path, out: Path, a, precision: str, compile_: bool = False) -> dict:
+    t0 = time.perf_counter()
+    run = Run(TrainConfig(out=str(out), model=str(base), data=[str(train_file)], seq_len=a.seq_len, batch_size=a.rows,
+                          max_steps=a.steps, lr=a.lr, warmup_steps=2, weight_decay=0.1, precision=precision,
+                          compile=compile_, progress=False, seed=0))
+    setup = time.perf_counter() - t0
+    sup, t_train = 0, time.perf_counter()
+    for step in range(a.steps):
+        out_step = run.accumulate(step)
+        params = [p for p in run.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        sup += out_step["supervised_tokens"]
+    train_s = time.perf_counter() - t_train
+    return {"model": run.model, "train_seconds": train_s, "setup_seconds": setup, "supervised_tokens": sup,
+            "padding_waste": run.stats.padding_waste}
+
+
+def run_trl(base: Path, rendered, tok, out: Path, a, mode: str, batch: int) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    ds = Dataset.from_list([{"input_ids": r.ids[:a.seq_len], "assistant_masks": r.mask[:a.seq_len]} for r in rendered])
+    kw = dict(packing=mode != "padding")
+    if mode == "wrapped":
+        kw["packing_strategy"] = "wrapped"
+    cfg = SFTConfig(output_dir=str(out), max_steps=a.steps, per_device_train_batch_size=batch, learning_rate=a.lr,
+                    warmup_steps=2, weight_decay=0.1, adam_beta2=0.95, lr_scheduler_type="cosine", max_grad_norm=1.0,
+                    max_length=a.seq_len, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+                    report_to=[], logging_steps=1000, save_strategy="no", seed=0, dataloader_num_workers=0,
+                    disable_tqdm=True, **kw)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, attn_implementation="sdpa")
+    t0 = time.perf_counter()
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok.hf)
+    setup = time.perf_counter() - t0
+    counted = {"sup": 0}
+    inner = trainer.data_collator
+
+    def counting(features):
+        b = inner(features)
+        counted["sup"] += int((b["labels"][:, 1:] != -100).sum())
+        return b
+
+    trainer.data_collator = counting
+    t1 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t1
+    return {"model": trainer.model, "train_seconds": train_s, "setup_seconds": setup, "supervised_tokens": counted["sup"]}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--convs", type=int, default=3200)
+    p.add_argument("--val", type=int, default=200)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rows", type=int, default=4, help="packed rows of --seq-len per optimizer step")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--only", default="chatloom,chatloom_compile,trl_padding,trl_bfd,trl_wrapped")
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="chatloom-bench-"))
+    _, tok = load_model("small")
+    proto = protocols.get("chatml", tok)
+    model = build_model("small", len(tok), seed=0)
+    fit_vocab(model, len(tok))
+    from chatloom.train.export import export_model
+
+    base = export_model(model, proto, work / "base")
+    convs = make_conversations(a.convs + a.val)
+    train_convs, val_convs = convs[:a.convs], convs[a.convs:]
+    save(train_convs, work / "train.jsonl")
+    stats = DataStats()
+    examples = conversation_examples(train_convs, proto, a.seq_len, stats)
+    pack(examples, a.seq_len, 0, stats)
+    val_shard = pack(conversation_examples(val_convs, proto, a.seq_len), a.seq_len, 0)
+    rendered = proto.render_batch(train_convs)
+    mean_len = sum(len(r.ids) for r in rendered) / len(rendered)
+    pad_batch = max(1, round(a.rows * a.seq_len / mean_len))  # about the same tokens per step as a packed batch
+    results = {}
+    only = a.only.split(",")
+    for name in only:
+        t = time.perf_counter()
+        if name == "chatloom":
+            r = run_chatloom(base, work / "train.jsonl", work / name, a, "fp32")
+        elif name == "chatloom_compile":
+            r = run_chatloom(base, work / "train.jsonl", work / name, a, "fp32", compile_=True)
+        else:
+            mode = name.removeprefix("trl_")
+            r = run_trl(base, rendered, tok, work / name, a, mode, pad_batch if mode == "padding" else a.rows)
+        r["val_loss"] = round(val_loss(r.pop("model"), val_shard), 4)
+        r["supervised_tok_s"] = round(r["supervised_tokens"] / r["train_seconds"], 1)
+        r["wall_seconds"] = round(time.perf_counter() - t, 1)
+        r["train_seconds"] = round(r["train_seconds"], 1)
+        r["setup_seconds"] = round(r["setup_seconds"], 1)
+        results[name] = r
+        print(json.dumps({name: r}), file=sys.stderr, flush=True)
+    trl = {k: v for k, v in results.items() if k.startswith("trl_")}
+    fastest_trl = max(trl, key=lambda k: trl[k]["supervised_tok_s"]) if trl else None
+    ratios = {}
+    for k in [k for k in results if k.startswith("chatloom")]:
+        for t in trl:
+            ratios[f"{k}/{t}"] = round(results[k]["supervised_tok_s"] / trl[t]["supervised_tok_s"], 2)
+    print(json.dumps({
+        "machine": {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "note": "shared CPU (other jobs running): absolute numbers are noisy, compare ratios"},
+        "setup": {"model": "chatloom small Llama (4 layers, hidden 256)", "params": sum(q.numel() for q in model.parameters()),
+                  "tokenizer": "chatloom bundled BPE + chatml tokens", "train_conversations": a.convs,
+                  "val_conversations": a.val, "steps": a.steps, "seq_len": a.seq_len, "packed_rows_per_step": a.rows,
+                  "trl_padding_batch": pad_batch, "mean_conversation_tokens": round(mean_len, 1),
+                  "chatloom_padding_waste": round(stats.padding_waste, 4), "precision": "fp32 everywhere"},
+        "results": results, "fastest_trl": fastest_trl, "ratios": ratios}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
