@@ -1,5 +1,6 @@
 """The one decoding thread behind the server: requests queue first-come first-served and whatever is waiting when the
-engine becomes free is decoded together as one batch (up to `max_batch` rows), so the event loop never runs a model.
+engine becomes free (plus what arrives within `gather_seconds` of the first) is decoded together as one batch, up to
+`max_batch` rows, so the event loop never runs a model.
 
 Each job carries an asyncio queue; the decoding thread hands it text deltas and finished completions through
 `loop.call_soon_threadsafe`, so HTTP handlers only ever await.
@@ -11,6 +12,7 @@ import asyncio
 import collections
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 from ..conversation import Conversation
@@ -40,8 +42,9 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 256):
+    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 256, gather_seconds: float = 0.02):
         self.engine = engine
+        self.gather_seconds = gather_seconds  # after the first request, wait this long for others to join its batch
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.queue: queue.Queue[Job | None] = queue.Queue()
@@ -98,6 +101,8 @@ class Scheduler:
             if first is None:
                 return
             jobs, rows = [first], len(first.requests)
+            if rows < self.max_batch and self.gather_seconds:
+                time.sleep(self.gather_seconds)
             while rows < self.max_batch:
                 job = self._next(block=False)
                 if job is False:
@@ -110,6 +115,8 @@ class Scheduler:
                     break
                 jobs.append(job)
                 rows += len(job.requests)
+            gone = [j for j in jobs if j.cancelled]  # clients that left while waiting: never decoded
+            self.cancelled += sum(len(j.requests) for j in gone)
             jobs = [j for j in jobs if not j.cancelled]
             requests = [r for j in jobs for r in j.requests]
             if not requests:
