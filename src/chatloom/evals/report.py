@@ -56,7 +56,7 @@ def metrics_html(reports: Sequence[dict]) -> str:
         cells = []
         for r in reports:
             v = r["metrics"].get(key)
-            met = bar_met(key, v)
+            met = bar_met(key, v) if r is reports[-1] else None  # the bars are for the (last, fine-tuned) model
             cls = "" if met is None else (" ok" if met else " bad")
             cells.append(f"<td class='num{cls}'>{fmt(key, v)}</td>")
         goal = ACCEPTANCE.get(key)

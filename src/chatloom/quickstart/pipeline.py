@@ -28,8 +28,9 @@ class Settings:
     config: str = "small"
     seq_len: int = 256
     batch_size: int = 16
+    sft_batch_size: int = 8  # the conversation set is small: more, smaller steps learn more in the same time
     pretrain_lr: float = 2e-3
-    sft_lr: float = 1e-3
+    sft_lr: float = 2e-3
     max_tokens: int = 64
     heldout_limit: int = 0  # 0: the whole held-out set
     train_limit: int = 0  # 0: the whole training set
@@ -38,7 +39,7 @@ class Settings:
 
     @classmethod
     def tiny(cls) -> Settings:
-        return cls(config="tiny", seq_len=128, batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=24,
+        return cls(config="tiny", seq_len=128, batch_size=8, sft_batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=24,
                    heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 60), corpus_chars=200_000)
 
 
@@ -79,6 +80,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
         step = budget.time_one_step(s.config, s.seq_len, s.batch_size)
         # leave ~35% of the budget for loading, corpus, evaluation of two models and the report
         plan = budget.plan(minutes * 60 * 0.65, step)
+        plan.sft_steps = plan.sft_steps * s.batch_size // s.sft_batch_size
     if model:
         plan.pretrain_steps = 0
     console.print(f"one step of {s.config!r} takes {plan.step_seconds:.2f}s here -> pretrain {plan.pretrain_steps} steps, "
@@ -106,7 +108,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
         save(list(load(TRAIN_PATH))[:s.train_limit], data)
     sft_dir = out / "sft"
     train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], protocol=protocol,
-                      max_steps=plan.sft_steps, seq_len=s.seq_len, batch_size=s.batch_size,
+                      max_steps=plan.sft_steps, seq_len=s.seq_len, batch_size=s.sft_batch_size,
                       lr=s.sft_lr if not model else 1e-4, warmup_steps=max(1, plan.sft_steps // 20)))
     timings["sft"] = time.perf_counter() - t
 
