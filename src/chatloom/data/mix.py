@@ -133,10 +133,12 @@ def _filter_reason(c: Conversation, n_tokens: int, f: dict) -> str | None:
 
 class NearDuplicates:
     def __init__(self, threshold: float, num_perm: int = 128, shingle: int = 5):
-        from datasketch import MinHashLSH
+        from datasketch import MinHash, MinHashLSH
 
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.num_perm, self.shingle, self.count = num_perm, shingle, 0
+        template = MinHash(num_perm=num_perm, seed=1)
+        self.permutations, self.scheme = template.permutations, template.scheme  # drawn once, shared by every row
 
     def seen(self, text: str) -> bool:
         """True if a near-duplicate was already added; otherwise adds this text."""
@@ -144,7 +146,7 @@ class NearDuplicates:
 
         words = normalise(text).split()
         grams = {" ".join(words[i:i + self.shingle]) for i in range(max(1, len(words) - self.shingle + 1))}
-        mh = MinHash(num_perm=self.num_perm)
+        mh = MinHash(num_perm=self.num_perm, seed=1, permutations=self.permutations, scheme=self.scheme)
         mh.update_batch([g.encode() for g in grams])
         if self.lsh.query(mh):
             return True
