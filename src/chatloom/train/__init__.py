@@ -1,5 +1,6 @@
 """Training: one loop for SFT (conversations with loss masks) and pretraining (documents), packing without cross-talk,
-Hugging Face checkpoints with the protocol's chat template, atomic resumable checkpoints, DDP under torchrun.
+Hugging Face checkpoints with the protocol's chat template, atomic resumable checkpoints, DDP or FSDP (`--fsdp`) under
+torchrun.
 
     from chatloom.train import TrainConfig, train
     result = train(TrainConfig(model="tiny", data=["convs.jsonl"], protocol="chatml", out="runs/sft"))

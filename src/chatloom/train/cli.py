@@ -47,6 +47,8 @@ COMMON = dict(
     lora=typer.Option(False, "--lora", help="Train LoRA adapters (peft); merged on export."),
     gradient_checkpointing=typer.Option(False, "--gradient-checkpointing"),
     compile=typer.Option(False, "--compile", help="torch.compile the forward/loss."),
+    fsdp=typer.Option(False, "--fsdp", help="Under torchrun: shard the model across processes (FSDP2), for models "
+                                            "that do not fit one device."),
     tokenizer=typer.Option(None, "--tokenizer"),
     config=typer.Option(None, "--config", help="YAML file of TrainConfig fields (flags override it)."),
 )
@@ -63,13 +65,13 @@ def sft(model: str = typer.Option(None, "--model", "-m", help="Named config (tin
         precision: str = COMMON["precision"], eval_every: int = COMMON["eval_every"],
         save_every: int = COMMON["save_every"], resume: bool = COMMON["resume"], lora: bool = COMMON["lora"],
         gradient_checkpointing: bool = COMMON["gradient_checkpointing"], compile: bool = COMMON["compile"],
-        tokenizer: str = COMMON["tokenizer"], config: Path = COMMON["config"]):
+        fsdp: bool = COMMON["fsdp"], tokenizer: str = COMMON["tokenizer"], config: Path = COMMON["config"]):
     """Supervised fine-tuning on conversations (loss on assistant turns + their end-of-turn token)."""
     _run(config, mode="sft", model=model, data=data, protocol=protocol, on_error=on_error,
          out=str(out) if out else None, val=val, max_steps=max_steps, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed,
          batch_size=batch_size, grad_accum=grad_accum, precision=precision, eval_every=eval_every,
          save_every=save_every, resume=resume, lora=lora, gradient_checkpointing=gradient_checkpointing,
-         compile=compile, tokenizer=tokenizer)
+         compile=compile, fsdp=fsdp, tokenizer=tokenizer)
 
 
 @app.command()
@@ -83,9 +85,10 @@ def pretrain(more_text: list[str] = typer.Argument(None, metavar="[FILES]...", h
              grad_accum: int = COMMON["grad_accum"], precision: str = COMMON["precision"],
              eval_every: int = COMMON["eval_every"], save_every: int = COMMON["save_every"],
              resume: bool = COMMON["resume"], gradient_checkpointing: bool = COMMON["gradient_checkpointing"],
-             compile: bool = COMMON["compile"], tokenizer: str = COMMON["tokenizer"], config: Path = COMMON["config"]):
+             compile: bool = COMMON["compile"], fsdp: bool = COMMON["fsdp"], tokenizer: str = COMMON["tokenizer"],
+             config: Path = COMMON["config"]):
     """Pretraining on documents (every token supervised): the same loop, different data."""
     _run(config, mode="pretrain", model=model, text=[*(text or []), *(more_text or [])], protocol=protocol, out=str(out) if out else None, val=val,
          max_steps=max_steps, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed, batch_size=batch_size,
          grad_accum=grad_accum, precision=precision, eval_every=eval_every, save_every=save_every, resume=resume,
-         gradient_checkpointing=gradient_checkpointing, compile=compile, tokenizer=tokenizer)
+         gradient_checkpointing=gradient_checkpointing, compile=compile, fsdp=fsdp, tokenizer=tokenizer)

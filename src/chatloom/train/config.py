@@ -41,6 +41,7 @@ class TrainConfig:
     lora_alpha: int = 32
     gradient_checkpointing: bool = False
     compile: bool = False
+    fsdp: bool = False  # under torchrun (2+ processes): shard parameters, gradients and optimizer state (FSDP2)
     device: str = "auto"
     progress: bool = True
     on_error: str = "fail"  # bad conversation records: fail | skip (counted, written to out/rejects.jsonl)

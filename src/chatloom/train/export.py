@@ -25,8 +25,11 @@ def unwrap(model):
     return model
 
 
-def export_model(model, protocol, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Save model + tokenizer + template + generation config + chatloom.json into `out_dir` (written atomically)."""
+def export_model(model, protocol, out_dir: str | Path, extra: dict | None = None,
+                 state_dict: dict | None = None) -> Path:
+    """Save model + tokenizer + template + generation config + chatloom.json into `out_dir` (written atomically).
+
+    `state_dict`: the full weights to write instead of the model's own (an FSDP-sharded model's, gathered on rank 0)."""
     from transformers import GenerationConfig
 
     out_dir = Path(out_dir)
@@ -41,7 +44,7 @@ def export_model(model, protocol, out_dir: str | Path, extra: dict | None = None
     model.generation_config = GenerationConfig(
         eos_token_id=eos_ids, bos_token_id=tok.bos_token_id, pad_token_id=eos if eos is not None else eot,
         do_sample=False, max_new_tokens=256)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
     hf = getattr(tok, "hf", None)
     if hf is not None:
         hf.chat_template = protocol.chat_template

@@ -3,8 +3,8 @@ or documents where every token is supervised).
 
 Exactness rules it keeps: packed rows never attend across examples; the loss of an optimizer step is the sum of token
 losses divided by the number of supervised tokens of the *whole* step (all micro-batches, all processes: the count is
-all-reduced before the first backward), so gradient accumulation and DDP give the gradient of one big batch; a step with
-no supervised token is skipped and counted, never a NaN or a silent zero.
+all-reduced before the first backward), so gradient accumulation, DDP and FSDP give the gradient of one big batch; a step
+with no supervised token is skipped and counted, never a NaN or a silent zero.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..conversation import Rejects
 from ..conversation import load as load_conversations
 from ..protocols import ProtocolError
 from . import checkpoint as ckpt
+from . import sharding
 from .config import TrainConfig
 from .data import (
     IGNORE,
@@ -142,6 +143,7 @@ class Run:
         self.out = Path(cfg.out)
         self.rank, self.world, local_rank, self._created_group = init_distributed()
         self.main = self.rank == 0
+        sharding.check(cfg.fsdp, self.world, cfg.lora)
         if cfg.device == "auto":
             self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
         else:
@@ -170,6 +172,9 @@ class Run:
                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                               modules_to_save=["embed_tokens", "lm_head"] if self.added_rows else None)
             self.model = get_peft_model(self.model, lora)
+        self.loss_module: nn.Module = SupervisedLoss(self.model)
+        if cfg.fsdp:  # before the optimizer: sharding replaces the parameters with DTensor shards
+            sharding.shard(self.loss_module, self.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
@@ -187,8 +192,7 @@ class Run:
                 state = ckpt.load_checkpoint(found, self.model, self.optimizer, self.scheduler)
                 self.step, self.skipped_steps = state["step"], state.get("skipped_steps", 0)
                 self.elapsed_before = state.get("elapsed", 0.0)
-        self.loss_module: nn.Module = SupervisedLoss(self.model)
-        if self.world > 1:
+        if self.world > 1 and not cfg.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             self.loss_module = DistributedDataParallel(self.loss_module, device_ids=[self.device] if
@@ -254,7 +258,8 @@ class Run:
     # ------------------------------------------------------------------------------------------------ one step
     def accumulate(self, step: int) -> dict:
         """Forward/backward of every micro-batch of `step` on this process; gradients end up in `.grad` (averaged by
-        DDP). Returns the step's loss per supervised token, counts, or {"skipped": True}."""
+        DDP; under FSDP averaged and reduce-scattered into shards after each micro-batch). Returns the step's loss per
+        supervised token, counts, or {"skipped": True}."""
         chunks = self.my_micro_batches(self.step_rows(step))
         local = [sum(self.shard.supervised(c) for c in chunks),
                  sum(int((self.shard.segments[c] >= 0).sum()) for c in chunks)]
@@ -279,15 +284,21 @@ class Run:
         if self.val_shard is None:
             return None
         self.loss_module.eval()
-        rows = list(range(self.rank, len(self.val_shard), self.world))
+        bs, n = self.cfg.batch_size, len(self.val_shard)
+        rows = list(range(self.rank, n, self.world))
+        batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
+        evaluate = SupervisedLoss(self.model)
+        if self.cfg.fsdp:  # the sharded root gathers the weights, and each forward is a collective: same count everywhere
+            evaluate = self.loss_module
+            batches += [[]] * (math.ceil(math.ceil(n / self.world) / bs) - len(batches))
         total, count = 0.0, 0.0
-        for i in range(0, len(rows), self.cfg.batch_size):
-            c = rows[i:i + self.cfg.batch_size]
-            batch = self.val_shard.batch(c, self.device)
+        for c in batches:
+            batch = self.val_shard.batch(c or [0], self.device)  # an empty batch: a forward for the collective only
             with self.autocast():
-                total += SupervisedLoss(self.model)(batch["ids"], batch["positions"], batch["segments"],
-                                                    batch["targets"]).item()
-            count += self.val_shard.supervised(c)
+                part = evaluate(batch["ids"], batch["positions"], batch["segments"], batch["targets"]).item()
+            if c:
+                total += part
+                count += self.val_shard.supervised(c)
         total, count = all_sum([total, count])
         return total / count
 
@@ -328,7 +339,7 @@ class Run:
                 if out["skipped"]:
                     row["skipped"] = True
                 else:
-                    row.update(loss=out["loss"], lr=lr, grad_norm=float(norm))
+                    row.update(loss=out["loss"], lr=lr, grad_norm=sharding.scalar(norm))
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
                     val = self.validation_loss()
                     if val is not None:
@@ -357,8 +368,9 @@ class Run:
             final["supervised_tok_s"] = round(sum(r["supervised_tokens"] for r in steps_rows) /
                                               max(1e-9, sum(r["seconds"] for r in steps_rows)), 1)
         result.final = final
+        weights = sharding.full_model_state(self.model) if cfg.fsdp else None  # gathered from all processes
         if self.main:
-            export_model(self.model, self.protocol, self.out,
+            export_model(self.model, self.protocol, self.out, state_dict=weights,
                          extra={"mode": cfg.mode, "base_model": cfg.model, "steps": self.step})
             plot_loss(metrics.rows, self.out / "loss.png", title=f"chatloom {cfg.mode}: {cfg.model}")
             write_run_card(self.out, self._card(final, seconds))
@@ -382,8 +394,10 @@ class Run:
                         disable=not (self.cfg.progress and self.main))
 
     def _checkpoint(self, started: float) -> None:
+        model_state = sharding.full_model_state(self.model)  # every process: gathers the shards under FSDP
+        optimizer_state = sharding.full_optimizer_state(self.model, self.optimizer)
         if self.main:
-            ckpt.save_checkpoint(self.out, self.step, self.model, self.optimizer, self.scheduler,
+            ckpt.save_checkpoint(self.out, self.step, model_state, optimizer_state, self.scheduler,
                                  {"skipped_steps": self.skipped_steps,
                                   "elapsed": self.elapsed_before + time.perf_counter() - started},
                                  keep=self.cfg.keep_checkpoints)
