@@ -282,3 +282,24 @@ def test_step_without_supervised_tokens_is_skipped_not_nan(convs_file, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters(), strict=True))
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("skipped") for r in rows] == [True, True] and not any("loss" in r for r in rows)
+
+
+def test_sft_mixes_documents_into_the_conversations(convs_file, tmp_path):
+    """`text` in SFT mode: documents (every token supervised) are packed beside the conversations, each in its own
+    segment, and count in the step's supervised tokens; the conversations' own masks are unchanged."""
+    docs = tmp_path / "replay.jsonl"
+    texts = [f"{a}+{b} = {a + b}" for a in range(5) for b in range(5)]
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    cfg = dict(out=str(tmp_path / "run"), model="tiny", data=[str(convs_file)], seq_len=64, batch_size=4, max_steps=2,
+               precision="fp32", progress=False)
+    plain, mixed = Run(TrainConfig(**cfg)), Run(TrainConfig(**cfg, text=[str(docs)]))
+    tok = mixed.protocol.tokenizer
+    doc_tokens = sum(len(tok.encode(t)) + 1 for t in texts)  # + EOS
+    assert mixed.stats.examples == plain.stats.examples + len(texts)
+    assert mixed.stats.tokens == plain.stats.tokens + doc_tokens
+    assert mixed.stats.supervised_tokens == plain.stats.supervised_tokens + doc_tokens - len(texts)
+    segments_per_row = [len(set(row[row >= 0].tolist())) for row in mixed.shard.segments]
+    assert sum(segments_per_row) == len(CONVS) + len(texts)  # every example its own segment: no cross-attention
+    assert mixed.fit().steps == 2
+    card = json.loads((tmp_path / "run" / "run_card.json").read_text())
+    assert str(docs) in card["data"]["files"]

@@ -59,6 +59,8 @@ def sft(model: str = typer.Option(None, "--model", "-m", help="Named config (tin
         data: list[str] = typer.Option(None, "--data", help="Conversation file(s): JSONL, Parquet, dir of shards."),
         protocol: str = typer.Option(None, "--protocol", "-p", help="gpt4o | chatml | llama3 | hf"),
         on_error: str = typer.Option(None, "--on-error", help="Bad records: fail | skip (counted, rejects.jsonl)."),
+        text: list[str] = typer.Option(None, "--text", help="Documents mixed into the conversations (every token "
+                                       "supervised), e.g. pretraining text replayed so the base does not forget it."),
         out: Path = COMMON["out"], val: list[str] = COMMON["val"], max_steps: int = COMMON["max_steps"],
         epochs: float = COMMON["epochs"], seq_len: int = COMMON["seq_len"], lr: float = COMMON["lr"],
         seed: int = COMMON["seed"], batch_size: int = COMMON["batch_size"], grad_accum: int = COMMON["grad_accum"],
@@ -67,7 +69,7 @@ def sft(model: str = typer.Option(None, "--model", "-m", help="Named config (tin
         gradient_checkpointing: bool = COMMON["gradient_checkpointing"], compile: bool = COMMON["compile"],
         fsdp: bool = COMMON["fsdp"], tokenizer: str = COMMON["tokenizer"], config: Path = COMMON["config"]):
     """Supervised fine-tuning on conversations (loss on assistant turns + their end-of-turn token)."""
-    _run(config, mode="sft", model=model, data=data, protocol=protocol, on_error=on_error,
+    _run(config, mode="sft", model=model, data=data, text=text, protocol=protocol, on_error=on_error,
          out=str(out) if out else None, val=val, max_steps=max_steps, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed,
          batch_size=batch_size, grad_accum=grad_accum, precision=precision, eval_every=eval_every,
          save_every=save_every, resume=resume, lora=lora, gradient_checkpointing=gradient_checkpointing,

@@ -16,7 +16,8 @@ class TrainConfig:
     protocol: str = "chatml"
     data: list[str] = field(default_factory=list)  # sft: conversation files (JSONL / Parquet / dirs of shards)
     val: list[str] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)  # pretrain: text files (.txt: one document; .jsonl: "text" per line)
+    text: list[str] = field(default_factory=list)  # pretrain: text files (.txt: one document; .jsonl: "text" per line);
+    # sft: documents mixed into the conversations (every token supervised), e.g. pretraining data replayed against forgetting
     max_steps: int = 0  # 0: run `epochs` epochs
     epochs: float = 1.0
     seq_len: int = 1024

@@ -222,6 +222,8 @@ class Run:
         if not train_files:
             raise DataError("no training data: pass --data FILE (sft) or --text FILES (pretrain)")
         ex = examples(train_files, self.stats, "training data")
+        if ex and cfg.mode == "sft" and cfg.text:  # documents replayed beside the conversations, packed with them
+            ex += document_examples(read_documents(cfg.text), tok, cfg.seq_len, self.stats)
         if not ex:
             raise DataError(f"{', '.join(map(str, train_files))}: no supervised tokens in the training data "
                             f"({self.stats.skipped_no_supervised} conversation(s) without a supervised assistant turn "
@@ -417,7 +419,7 @@ class Run:
 
     def _card(self, final: dict, seconds: float) -> dict:
         cfg = self.cfg
-        files = cfg.text if cfg.mode == "pretrain" else cfg.data
+        files = cfg.text if cfg.mode == "pretrain" else [*cfg.data, *cfg.text]
         hashes = {str(f): file_digest(f) for f in [*files, *cfg.val]}
         n_params = sum(p.numel() for p in self.model.parameters())
         return {"config": cfg.to_dict(), "resolved": self.resolved()["resolved"], "final": final,
