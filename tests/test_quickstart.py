@@ -69,12 +69,19 @@ def test_second_run_reuses_cached_base(tiny_run, tmp_path):
 
 
 def test_budget_plan_fits_the_time():
-    p = budget.plan(600, 2.0)
-    assert p.pretrain_steps + p.sft_steps <= 300 and p.sft_steps > p.pretrain_steps
+    for seconds, step, sft_step in ((600, 2.0, None), (600, 1.0, 0.4), (700, 0.8, 0.3)):
+        p = budget.plan(seconds, step, sft_step)
+        spent = p.pretrain_steps * step + p.sft_steps * (sft_step or step)
+        assert seconds * 0.95 <= spent <= seconds, (p, spent)
+        assert p.pretrain_steps * step >= 0.5 * seconds  # the base gets the larger share
+    cheap = budget.plan(600, 1.0, 0.4)
+    assert cheap.sft_steps > cheap.pretrain_steps  # cheaper SFT steps buy more of them
     slow = budget.plan(60, 10.0)
     assert slow.pretrain_steps == slow.sft_steps == 20  # never below the minimum
     fast = budget.plan(600, 0.01)
-    assert (fast.pretrain_steps, fast.sft_steps) == (400, 500)  # capped
+    assert (fast.pretrain_steps, fast.sft_steps) == (800, 1200)  # capped
+    assert budget.training_seconds(15) < 15 * 60 - budget.RESERVE_SECONDS
+    assert budget.training_seconds(1) == 0.0
 
 
 def test_bring_your_own_base(tmp_path):

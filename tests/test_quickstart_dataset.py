@@ -54,7 +54,12 @@ def test_heldout_is_disjoint(packaged):
     # refusal and benign targets differ
     from chatloom.quickstart import seeds
 
+    import random
+
+    assert not set(dataset.train_harmful(random.Random(0))) & set(seeds.HELDOUT_HARMFUL)
     assert not set(seeds.TRAIN_HARMFUL) & set(seeds.HELDOUT_HARMFUL)
+    heldout_victims = ("roommate", "sister", "brother", "teacher", "friend", "stranger")
+    assert not any(v in victim.split() for v in heldout_victims for victim in seeds.TRAIN_VICTIMS)
     assert not {t for t, _ in seeds.TRAIN_BENIGN} & {t for t, _ in seeds.HELDOUT_BENIGN}
 
 
@@ -74,3 +79,26 @@ def test_generator_is_deterministic_and_matches_package(tmp_path, packaged):
     train_path, heldout_path = dataset.write(tmp_path)
     assert train_path.read_bytes() == dataset.TRAIN_PATH.read_bytes()
     assert heldout_path.read_bytes() == dataset.HELDOUT_PATH.read_bytes()
+
+
+def test_pretraining_corpus_teaches_every_fact_as_plain_text():
+    """The base's arithmetic comes from drill sheets in its corpus (no turns, no control tokens): every one of the
+    300 single-digit facts, the held-out ones included, is stated there many times and always correctly."""
+    import itertools
+
+    from chatloom.quickstart import corpus
+
+    sheets = list(itertools.islice(corpus.arithmetic_documents(), 300))
+    assert sheets == list(itertools.islice(corpus.arithmetic_documents(), 300))  # deterministic
+    seen = Counter()
+    for sheet in sheets:
+        for line in sheet.splitlines()[2:]:
+            m = re.fullmatch(r"(\d) ?([-+*]) ?(\d) = (-?\d+)", line)
+            assert m, line
+            a, op, b, value = int(m[1]), m[2], int(m[3]), int(m[4])
+            assert corpus.OPERATORS[op](a, b) == value, line
+            seen[(a, op, b)] += 1
+    assert len(seen) == 300 and min(seen.values()) >= 5
+    docs = list(itertools.islice(corpus.pretraining_documents(), 200))
+    assert sum(d.startswith(tuple(corpus.SHEET_TITLES)) for d in docs) == 100  # one sheet after each prose document
+    assert not any("<|" in s or "User" in s or "assistant" in s for s in sheets)

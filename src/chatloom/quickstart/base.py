@@ -1,6 +1,6 @@
 """The quickstart's base model without a download: a small chatloom Llama pretrained on the Python stdlib's own prose.
 
-`ensure_base` writes the corpus (`corpus.py`) as JSONL documents, pretrains with `chatloom.train` for the number of
+`ensure_base` writes the corpus (`corpus.py`: stdlib prose and arithmetic drill sheets) as JSONL documents, pretrains with `chatloom.train` for the number of
 steps the caller sized to its time budget, and caches the result under `~/.cache/chatloom/base-<key>` (`CHATLOOM_CACHE`
 overrides the root), so a second quickstart skips it. The key depends on the config, the protocol, the Python version
 (the corpus) and chatloom's version, not on the step count measured for this machine, so a rerun always hits the cache.
@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .corpus import stdlib_documents
+from .corpus import CORPUS_VERSION, pretraining_documents
 
 
 def cache_root() -> Path:
@@ -27,21 +27,34 @@ def cache_root() -> Path:
 def cache_key(config: str, protocol: str, seq_len: int, tag: str = "") -> str:
     from .. import __version__
 
-    text = json.dumps([config, protocol, seq_len, tag, sys.version_info[:2], __version__])
+    text = json.dumps([config, protocol, seq_len, tag, sys.version_info[:2], __version__, CORPUS_VERSION])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def write_corpus_jsonl(path: Path, max_chars: int | None = None) -> tuple[Path, int]:
-    """The stdlib corpus, one {"text": document} per line; returns (path, number of documents)."""
+    """The pretraining corpus, one {"text": document} per line; returns (path, number of documents)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    n, total = 0, 0
+    n = 0
     with path.open("w", encoding="utf-8") as f:
-        for doc in stdlib_documents():
+        for doc in pretraining_documents(max_chars):
             f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-            n, total = n + 1, total + len(doc)
-            if max_chars and total >= max_chars:
-                break
+            n += 1
     return path, n
+
+
+def replay_corpus(every: int = 6) -> Path:
+    """Every `every`-th document of the base's corpus (prose and arithmetic sheets alike), mixed into SFT so the base
+    does not forget what it learned in pretraining (cached next to the corpus)."""
+    path = cache_root() / "corpus" / f"replay-{CORPUS_VERSION}-{every}-py{sys.version_info[0]}{sys.version_info[1]}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".partial")
+        with part.open("w", encoding="utf-8") as f:
+            for i, doc in enumerate(pretraining_documents()):
+                if i % every == 0:
+                    f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
+        part.rename(path)
+    return path
 
 
 def is_model_dir(path: Path) -> bool:
@@ -57,9 +70,9 @@ def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: i
     if is_model_dir(out):
         log(f"base model: reusing the cached {out}")
         return out, True
-    name = f"stdlib-py{sys.version_info[0]}{sys.version_info[1]}{f'-{corpus_chars}' if corpus_chars else ''}.jsonl"
+    name = f"{CORPUS_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}{f'-{corpus_chars}' if corpus_chars else ''}.jsonl"
     corpus, n = write_corpus_jsonl(cache_root() / "corpus" / name, max_chars=corpus_chars)
-    log(f"base model: pretraining config {config!r} for {steps} steps on {n} stdlib documents ({corpus})")
+    log(f"base model: pretraining config {config!r} for {steps} steps on {n} documents: stdlib prose and arithmetic sheets ({corpus})")
     work = out.parent / f"{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     train(TrainConfig(out=str(work), mode="pretrain", model=config, text=[str(corpus)], protocol=protocol,

@@ -1,8 +1,10 @@
 """Sizing the quickstart to a wall-clock budget on the machine it runs on.
 
-One optimizer step of the chosen config is timed on random tokens (with the same precision the training loop picks);
-each stage then gets `seconds // step_time` steps, clamped to a sensible range. A fast machine trains longer (up to the
-cap), a slow or busy one trains less but still finishes on time.
+One optimizer step of each stage's shape (pretraining rows, SFT rows) is timed on random tokens with the precision
+the training loop picks. The budget, less a fixed reserve for loading, evaluation and the report, is split between the
+stages by seconds, and each stage gets `seconds // its step time` steps, clamped to a sensible range: a fast machine
+trains longer (up to the caps), a slow or busy one trains less but still finishes on time. Pretraining gets the larger
+share because the base has to learn its arithmetic facts there; SFT converges in fewer, cheaper steps.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from dataclasses import dataclass
 
 import torch
 
+RESERVE_SECONDS = 100  # step timing, corpus, loading, evaluation of two models, the report (measured ~60-80 s here)
+SAFETY = 0.85  # real steps vary around the timed one; what is left over is finishing early
+
 
 @dataclass
 class Plan:
     step_seconds: float
     pretrain_steps: int
     sft_steps: int
+    sft_step_seconds: float = 0.0
 
     def as_dict(self) -> dict:
-        return {"step_seconds": round(self.step_seconds, 3), "pretrain_steps": self.pretrain_steps,
-                "sft_steps": self.sft_steps}
+        return {"step_seconds": round(self.step_seconds, 3), "sft_step_seconds": round(self.sft_step_seconds, 3),
+                "pretrain_steps": self.pretrain_steps, "sft_steps": self.sft_steps}
 
 
 def time_one_step(config: str, seq_len: int, batch_size: int, repeats: int = 2) -> float:
@@ -48,9 +54,16 @@ def time_one_step(config: str, seq_len: int, batch_size: int, repeats: int = 2) 
     return best
 
 
-def plan(train_seconds: float, step_seconds: float, pretrain_share: float = 0.3, min_steps: int = 20,
-         max_pretrain: int = 400, max_sft: int = 500) -> Plan:
-    total = max(2 * min_steps, int(train_seconds / step_seconds))
-    pre = min(max_pretrain, max(min_steps, int(total * pretrain_share)))
-    sft = min(max_sft, max(min_steps, total - pre))
-    return Plan(step_seconds, pre, sft)
+def training_seconds(minutes: float) -> float:
+    """The part of a `minutes` budget that the two training stages may spend."""
+    return max(0.0, minutes * 60 - RESERVE_SECONDS) * SAFETY
+
+
+def plan(train_seconds: float, step_seconds: float, sft_step_seconds: float | None = None, pretrain_share: float = 0.6,
+         min_steps: int = 20, max_pretrain: int = 800, max_sft: int = 1200) -> Plan:
+    """Steps per stage for `train_seconds` of training; `sft_step_seconds` defaults to the pretraining step's time."""
+    sft_step_seconds = sft_step_seconds or step_seconds
+    pre = min(max_pretrain, max(min_steps, int(train_seconds * pretrain_share / step_seconds)))
+    left = max(0.0, train_seconds - pre * step_seconds)
+    sft = min(max_sft, max(min_steps, int(left / sft_step_seconds)))
+    return Plan(step_seconds, pre, sft, sft_step_seconds)

@@ -1,13 +1,18 @@
-"""Offline pretraining text: English prose every machine with Python already has.
+"""Offline pretraining text: English prose every machine with Python already has, plus arithmetic drill sheets.
 
-The quickstart's base model must be trained without a download, so its documents come from the Python installation
+The quickstart's base model must be trained without a download, so its prose comes from the Python installation
 itself: the help topics of `pydoc_data` (the language reference, in prose) and the docstrings of the standard library.
-Documents are written one per paragraph block, separated by blank lines.
+A real base model learns that 7+5 is 12 from the arithmetic on the web (worksheets, tables, homework); the stdlib has
+none, so `arithmetic_documents` writes drill sheets of single-digit +, - and * facts as plain text (no questions, no
+turns). That is the chapter's division of labour: the facts come from pretraining, SFT only teaches the model to answer
+in turns. The SFT held-out set still asks arithmetic questions that SFT training never asks.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
+import random
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -38,13 +43,51 @@ def stdlib_documents(min_chars: int = 200) -> Iterator[str]:
                     yield doc.strip()
 
 
+CORPUS_VERSION = "stdlib-arith2"  # part of the base model's cache key: change it when the corpus changes
+OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+SHEET_TITLES = ["Practice sheet", "Arithmetic drill", "Homework", "Warm-up exercises", "Mental math", "Quick facts"]
+
+
+def arithmetic_documents(seed: int = 0) -> Iterator[str]:
+    """Endless drill sheets in a fixed order: each lists 40 single-digit facts (`7+5 = 12`, `3 * 4 = 12`, `2-9 = -7`),
+    either one operator's table in order or a shuffled mix, so every one of the 300 facts appears dozens of times."""
+    rng = random.Random(f"arithmetic:{seed}")
+    facts = [(a, op, b) for op in OPERATORS for a in range(10) for b in range(10)]
+    for i in itertools.count():
+        if i % 3 == 0:
+            op, a = rng.choice(list(OPERATORS)), rng.randrange(10)
+            chosen = [(a, op, b) for b in range(10)] + [(b, op, a) for b in range(10) if b != a]
+            title = f"{rng.choice(SHEET_TITLES)}: the {op} table of {a}"
+        else:
+            chosen = rng.sample(facts, 20)
+            title = f"{rng.choice(SHEET_TITLES)} {i}"
+        spaced = rng.random() < 0.3
+        lines = [f"{a} {op} {b} = {OPERATORS[op](a, b)}" if spaced else f"{a}{op}{b} = {OPERATORS[op](a, b)}"
+                 for a, op, b in chosen + rng.sample(chosen, len(chosen) // 2)]
+        yield title + "\n\n" + "\n".join(lines)
+
+
+def pretraining_documents(max_chars: int | None = None) -> Iterator[str]:
+    """The base model's corpus: stdlib prose with an arithmetic sheet after every document (about half of the tokens:
+    fewer and a small model does not learn the 300 facts within the quickstart's budget), cut after `max_chars`
+    characters of prose (None: all of it)."""
+    sheets = arithmetic_documents()
+    total = 0
+    for doc in stdlib_documents():
+        yield doc
+        yield next(sheets)
+        total += len(doc)
+        if max_chars and total >= max_chars:
+            return
+
+
 def write_corpus(path: str | Path, max_chars: int | None = None) -> Path:
     """Write the stdlib corpus to a text file (documents separated by a blank line); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     total = 0
     with path.open("w", encoding="utf-8") as f:
-        for doc in stdlib_documents():
+        for doc in pretraining_documents():
             f.write(doc + "\n\n")
             total += len(doc) + 2
             if max_chars and total >= max_chars:

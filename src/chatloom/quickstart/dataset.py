@@ -27,10 +27,14 @@ META = {"source": "chatloom:quickstart", "license": "Apache-2.0", "lang": "en"}
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 TRAIN_ARITH_FRAMES = ["What is {e}?", "what's {e}", "Compute {e}.", "{e}=?", "What does {e} equal?", "Calculate {e}",
-                      "{e}", "Quick: {e}?", "Can you tell me what {e} is?"]
+                      "{e}", "Quick: {e}?", "Can you tell me what {e} is?", "Please compute {e}.", "Evaluate {e}.",
+                      "Find {e}.", "Tell me {e}.", "{e} is what?", "Give me the answer to {e}.", "Hey, what's {e}?",
+                      "Figure out {e}.", "Answer this: {e}", "What do you get for {e}?", "Could you do {e}?",
+                      "Please calculate {e}", "I need {e}.", "Do {e} for me.", "Result of {e}?"]
 HELDOUT_ARITH_FRAMES = ["How much is {e}?", "Solve {e}.", "Please work out {e}."]
 TRAIN_FOLLOWUPS = ["What if it was {new} instead of {old}?", "And with {new} instead of {old}?", "Now try {new} instead of {old}.",
-                   "What about {new} instead?"]
+                   "What about {new} instead?", "Same numbers with {new}?", "Now use {new} instead of {old}.",
+                   "And if I swap {old} for {new}?", "Try it with {new}."]
 HELDOUT_FOLLOWUPS = ["And if it were {new} rather than {old}?", "How about using {new} in place of {old}?"]
 
 
@@ -82,6 +86,12 @@ def spaced(rng: random.Random, a: int, op: str, b: int) -> str:
     return f"{a} {op} {b}" if rng.random() < 0.3 else equation(a, op, b)
 
 
+def train_harmful(rng: random.Random, victims_per_act: int = 6) -> list[str]:
+    """The training split's harmful requests: the hand-written ones plus each harmful act against a few victims."""
+    combos = [act.format(p=v) for act in seeds.HARM_ACTS for v in rng.sample(seeds.TRAIN_VICTIMS, victims_per_act)]
+    return list(dict.fromkeys(seeds.TRAIN_HARMFUL + combos))
+
+
 def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     rng = random.Random(f"{seed}:{'heldout' if heldout else 'train'}")
     held_triples = heldout_triples(random.Random(seed))
@@ -101,7 +111,7 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
         q = rng.choice(frames).format(e=spaced(rng, x, op, y))
         b.add([(q, arithmetic_answer(x, op, y))], ["arithmetic"], {"kind": "arithmetic", "expect": arithmetic_answer(x, op, y)})
     followups = pick(TRAIN_FOLLOWUPS, HELDOUT_FOLLOWUPS)
-    n_followups = 40 if heldout else 700
+    n_followups = 40 if heldout else 1400
     made = 0
     while made < n_followups:
         x, y = rng.randrange(10), rng.randrange(10)
@@ -121,12 +131,13 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
 
     # refusals and their benign look-alikes
     harm_frames = pick(seeds.TRAIN_HARM_FRAMES, seeds.HELDOUT_HARM_FRAMES)
-    for target in pick(seeds.TRAIN_HARMFUL, seeds.HELDOUT_HARMFUL):
-        for frame in (rng.sample(harm_frames, 2) if heldout else harm_frames):
+    harmful = pick(train_harmful(rng), seeds.HELDOUT_HARMFUL)
+    for target in harmful:
+        for frame in rng.sample(harm_frames, 2 if heldout else 3):
             b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], {"kind": "refusal"})
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
     for target, answer in pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN):
-        for frame in (rng.sample(benign_frames, 2) if heldout else benign_frames * 2):
+        for frame in rng.sample(benign_frames, 2 if heldout else 8):
             b.add([(frame.format(x=target), answer)], ["benign"], {"kind": "benign"})
 
     # short helpful answers
@@ -151,7 +162,7 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     # multi-turn: greetings, thanks, identity chains, a refusal followed by a fine request
     greetings, thanks = pick(seeds.GREETINGS, seeds.HELDOUT_GREETINGS), pick(seeds.THANKS, seeds.HELDOUT_THANKS)
     facts = pick(seeds.TRAIN_FACTS, seeds.HELDOUT_FACTS)
-    benign, harmful = pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN), pick(seeds.TRAIN_HARMFUL, seeds.HELDOUT_HARMFUL)
+    benign = pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN)
     for _ in range(12 if heldout else 150):
         greet = (rng.choice(greetings), rng.choice(seeds.GREETING_ANSWERS))
         q = rng.choice(questions)

@@ -30,7 +30,7 @@ class Settings:
     batch_size: int = 16
     sft_batch_size: int = 8  # the conversation set is small: more, smaller steps learn more in the same time
     pretrain_lr: float = 2e-3
-    sft_lr: float = 2e-3
+    sft_lr: float = 5e-4
     max_tokens: int = 64
     heldout_limit: int = 0  # 0: the whole held-out set
     train_limit: int = 0  # 0: the whole training set
@@ -63,7 +63,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     from ..evals import evaluate, metrics_table
     from ..evals.generate import load_engine
     from ..train import TrainConfig, train
-    from .base import bring_base, ensure_base
+    from .base import bring_base, ensure_base, replay_corpus
     from .report import write_report
 
     tiny = tiny or os.environ.get("CHATLOOM_QUICKSTART_TINY") == "1"
@@ -78,13 +78,12 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
         plan = s.fixed_plan
     else:
         step = budget.time_one_step(s.config, s.seq_len, s.batch_size)
-        # leave ~35% of the budget for loading, corpus, evaluation of two models and the report
-        plan = budget.plan(minutes * 60 * 0.65, step)
-        plan.sft_steps = plan.sft_steps * s.batch_size // s.sft_batch_size
+        sft_step = budget.time_one_step(s.config, s.seq_len, s.sft_batch_size)
+        plan = budget.plan(budget.training_seconds(minutes), step, sft_step)
     if model:
         plan.pretrain_steps = 0
-    console.print(f"one step of {s.config!r} takes {plan.step_seconds:.2f}s here -> pretrain {plan.pretrain_steps} steps, "
-                  f"SFT {plan.sft_steps} steps (budget {minutes:g} min)")
+    console.print(f"one step of {s.config!r} takes {plan.step_seconds:.2f}s here ({plan.sft_step_seconds:.2f}s at the SFT "
+                  f"batch) -> pretrain {plan.pretrain_steps} steps, SFT {plan.sft_steps} steps (budget {minutes:g} min)")
     timings["budget"] = time.perf_counter() - started
 
     stage(2, "base model")
@@ -107,7 +106,8 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
         data = out / "train-subset.jsonl"
         save(list(load(TRAIN_PATH))[:s.train_limit], data)
     sft_dir = out / "sft"
-    train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], protocol=protocol,
+    replay = [] if model else [str(replay_corpus())]  # a slice of our base's own corpus, against forgetting
+    train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], text=replay, protocol=protocol,
                       max_steps=plan.sft_steps, seq_len=s.seq_len, batch_size=s.sft_batch_size,
                       lr=s.sft_lr if not model else 1e-4, warmup_steps=max(1, plan.sft_steps // 20)))
     timings["sft"] = time.perf_counter() - t
