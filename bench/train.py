@@ -6,7 +6,9 @@ TRL runs (a) padding, (b) `packing=True` (BFD), (c) `packing=True, packing_strat
 each other). Validation loss is measured by one evaluator (chatloom's exact per-supervised-token loss on packed rows
 with a block-diagonal mask) for every trained model. Prints JSON. Timings on a shared CPU are noisy: read the ratios.
 
-    python bench/train.py [--convs 3200] [--steps 20] [--rows 4] [--seq-len 512]
+    python bench/train.py [--convs 3200] [--steps 20] [--rows 4] [--seq-len 512] [--precision fp32|bf16]
+
+`--precision bf16` runs every trainer with bf16 autocast (TRL: `bf16=True`); weights stay fp32 in all of them.
 """
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ def run_chatloom(base: Path, train_file: Path, out: Path, a, precision: str, com
                           max_steps=a.steps, lr=a.lr, warmup_steps=2, weight_decay=0.1, precision=precision,
                           compile=compile_, progress=False, seed=0))
     setup = time.perf_counter() - t0
-    sup, t_train = 0, time.perf_counter()
+    sup, t_train, warm = 0, time.perf_counter(), None
     for step in range(a.steps):
+        if step == 2:  # after the first two steps (torch.compile compiles there): the steady rate
+            warm = (time.perf_counter(), sup)
         out_step = run.accumulate(step)
         params = [p for p in run.model.parameters() if p.requires_grad]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -74,12 +78,13 @@ def run_chatloom(base: Path, train_file: Path, out: Path, a, precision: str, com
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         sup += out_step["supervised_tokens"]
-    train_s = time.perf_counter() - t_train
-    return {"model": run.model, "train_seconds": train_s, "setup_seconds": setup, "supervised_tokens": sup,
-            "padding_waste": run.stats.padding_waste}
+    end = time.perf_counter()
+    steady = round((sup - warm[1]) / (end - warm[0]), 1) if warm else None
+    return {"model": run.model, "train_seconds": end - t_train, "setup_seconds": setup, "supervised_tokens": sup,
+            "padding_waste": run.stats.padding_waste, "steady_supervised_tok_s": steady}
 
 
-def run_trl(base: Path, rendered, tok, out: Path, a, mode: str, batch: int) -> dict:
+def run_trl(base: Path, rendered, tok, out: Path, a, mode: str, batch: int, precision: str) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -90,7 +95,7 @@ def run_trl(base: Path, rendered, tok, out: Path, a, mode: str, batch: int) -> d
         kw["packing_strategy"] = "wrapped"
     cfg = SFTConfig(output_dir=str(out), max_steps=a.steps, per_device_train_batch_size=batch, learning_rate=a.lr,
                     warmup_steps=2, weight_decay=0.1, adam_beta2=0.95, lr_scheduler_type="cosine", max_grad_norm=1.0,
-                    max_length=a.seq_len, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+                    max_length=a.seq_len, bf16=precision == "bf16", fp16=False, gradient_checkpointing=False, use_cpu=True,
                     report_to=[], logging_steps=1000, save_strategy="no", seed=0, dataloader_num_workers=0,
                     disable_tqdm=True, **kw)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, attn_implementation="sdpa")
@@ -121,6 +126,7 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--only", default="chatloom,chatloom_compile,trl_padding,trl_bfd,trl_wrapped")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the same for every trainer")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="chatloom-bench-"))
@@ -146,12 +152,12 @@ def main(argv=None):
     for name in only:
         t = time.perf_counter()
         if name == "chatloom":
-            r = run_chatloom(base, work / "train.jsonl", work / name, a, "fp32")
+            r = run_chatloom(base, work / "train.jsonl", work / name, a, a.precision)
         elif name == "chatloom_compile":
-            r = run_chatloom(base, work / "train.jsonl", work / name, a, "fp32", compile_=True)
+            r = run_chatloom(base, work / "train.jsonl", work / name, a, a.precision, compile_=True)
         else:
             mode = name.removeprefix("trl_")
-            r = run_trl(base, rendered, tok, work / name, a, mode, pad_batch if mode == "padding" else a.rows)
+            r = run_trl(base, rendered, tok, work / name, a, mode, pad_batch if mode == "padding" else a.rows, a.precision)
         r["val_loss"] = round(val_loss(r.pop("model"), val_shard), 4)
         r["supervised_tok_s"] = round(r["supervised_tokens"] / r["train_seconds"], 1)
         r["wall_seconds"] = round(time.perf_counter() - t, 1)
@@ -172,7 +178,7 @@ def main(argv=None):
                   "tokenizer": "chatloom bundled BPE + chatml tokens", "train_conversations": a.convs,
                   "val_conversations": a.val, "steps": a.steps, "seq_len": a.seq_len, "packed_rows_per_step": a.rows,
                   "trl_padding_batch": pad_batch, "mean_conversation_tokens": round(mean_len, 1),
-                  "chatloom_padding_waste": round(stats.padding_waste, 4), "precision": "fp32 everywhere"},
+                  "chatloom_padding_waste": round(stats.padding_waste, 4), "precision": f"{a.precision} everywhere (fp32 weights)"},
         "results": results, "fastest_trl": fastest_trl, "ratios": ratios}, indent=1))
 
 

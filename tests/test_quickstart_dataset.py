@@ -52,9 +52,9 @@ def test_heldout_is_disjoint(packaged):
             asked = c.meta["probe"]["expect"].split(" = ")[0]
             assert asked not in trained, asked
     # refusal and benign targets differ
-    from chatloom.quickstart import seeds
-
     import random
+
+    from chatloom.quickstart import seeds
 
     assert not set(dataset.train_harmful(random.Random(0))) & set(seeds.HELDOUT_HARMFUL)
     assert not set(seeds.TRAIN_HARMFUL) & set(seeds.HELDOUT_HARMFUL)

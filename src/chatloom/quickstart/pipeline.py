@@ -1,7 +1,8 @@
 """`chatloom quickstart`: the whole story in one run, on the embedded default, without a download or a GPU.
 
-base (pretrained here on the stdlib's prose, cached; or the user's `--model`) -> SFT on the embedded conversation set
--> evaluation of both on the held-out set -> `report.html` -> the commands to chat with and serve the result.
+base (pretrained here on the stdlib's prose and arithmetic drill sheets, cached; or the user's `--model`) -> SFT on the
+embedded conversation set, with a slice of the base's corpus replayed so it keeps its facts -> evaluation of both on the
+held-out set -> `report.html` -> the commands to chat with and serve the result.
 The step counts are sized to `minutes` on this machine (see `budget.py`); `tiny=True` shrinks everything for tests.
 """
 
@@ -30,17 +31,19 @@ class Settings:
     batch_size: int = 16
     sft_batch_size: int = 8  # the conversation set is small: more, smaller steps learn more in the same time
     pretrain_lr: float = 2e-3
-    sft_lr: float = 5e-4
+    sft_lr: float = 7e-4
     max_tokens: int = 64
     heldout_limit: int = 0  # 0: the whole held-out set
     train_limit: int = 0  # 0: the whole training set
     fixed_plan: budget.Plan | None = None
     corpus_chars: int | None = None  # None: the whole stdlib corpus
+    replay_every: int = 6  # SFT also sees every N-th document of the base's corpus (0: no replay)
 
     @classmethod
     def tiny(cls) -> Settings:
         return cls(config="tiny", seq_len=128, batch_size=8, sft_batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=24,
-                   heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 60), corpus_chars=200_000)
+                   heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 60), corpus_chars=200_000,
+                   replay_every=0)
 
 
 @dataclass
@@ -106,7 +109,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
         data = out / "train-subset.jsonl"
         save(list(load(TRAIN_PATH))[:s.train_limit], data)
     sft_dir = out / "sft"
-    replay = [] if model else [str(replay_corpus())]  # a slice of our base's own corpus, against forgetting
+    replay = [str(replay_corpus(s.replay_every))] if s.replay_every and not model else []  # against forgetting
     train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], text=replay, protocol=protocol,
                       max_steps=plan.sft_steps, seq_len=s.seq_len, batch_size=s.sft_batch_size,
                       lr=s.sft_lr if not model else 1e-4, warmup_steps=max(1, plan.sft_steps // 20)))
