@@ -1,7 +1,7 @@
 """The quickstart's base model without a download: a small chatloom Llama pretrained on the Python stdlib's own prose.
 
-`ensure_base` writes the corpus (`corpus.py`: stdlib prose and arithmetic drill sheets) as JSONL documents, pretrains with `chatloom.train` for the number of
-steps the caller sized to its time budget, and caches the result under `~/.cache/chatloom/base-<key>` (`CHATLOOM_CACHE`
+`ensure_base` writes the corpus (`corpus.py`: stdlib prose and arithmetic drill sheets) as JSONL documents, pretrains
+with `chatloom.train` for the number of steps the caller sized to its time budget, and caches the result under `~/.cache/chatloom/base-<key>` (`CHATLOOM_CACHE`
 overrides the root), so a second quickstart skips it. The key depends on the config, the protocol, the Python version
 (the corpus) and chatloom's version, not on the step count measured for this machine, so a rerun always hits the cache.
 `bring_base` instead takes any model directory or `.gguf` file and writes it as a plain model directory with the
@@ -11,10 +11,12 @@ protocol's control tokens, so it can be evaluated before SFT exactly like the bu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from .corpus import CORPUS_VERSION, pretraining_documents
@@ -31,15 +33,21 @@ def cache_key(config: str, protocol: str, seq_len: int, tag: str = "") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def write_corpus_jsonl(path: Path, max_chars: int | None = None) -> tuple[Path, int]:
-    """The pretraining corpus, one {"text": document} per line; returns (path, number of documents)."""
+def write_documents_jsonl(path: Path, docs: Iterable[str]) -> tuple[Path, int]:
+    """`docs` as one {"text": document} per line, written atomically; returns (path, number of documents)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as f:
-        for doc in pretraining_documents(max_chars):
+    part, n = path.with_suffix(".partial"), 0
+    with part.open("w", encoding="utf-8") as f:
+        for doc in docs:
             f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
             n += 1
+    part.rename(path)
     return path, n
+
+
+def write_corpus_jsonl(path: Path, max_chars: int | None = None) -> tuple[Path, int]:
+    """The pretraining corpus, one {"text": document} per line; returns (path, number of documents)."""
+    return write_documents_jsonl(path, pretraining_documents(max_chars))
 
 
 def replay_corpus(every: int = 6) -> Path:
@@ -47,13 +55,7 @@ def replay_corpus(every: int = 6) -> Path:
     does not forget what it learned in pretraining (cached next to the corpus)."""
     path = cache_root() / "corpus" / f"replay-{CORPUS_VERSION}-{every}-py{sys.version_info[0]}{sys.version_info[1]}.jsonl"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = path.with_suffix(".partial")
-        with part.open("w", encoding="utf-8") as f:
-            for i, doc in enumerate(pretraining_documents()):
-                if i % every == 0:
-                    f.write(json.dumps({"text": doc}, ensure_ascii=False) + "\n")
-        part.rename(path)
+        write_documents_jsonl(path, itertools.islice(pretraining_documents(), 0, None, every))
     return path
 
 
@@ -72,7 +74,8 @@ def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: i
         return out, True
     name = f"{CORPUS_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}{f'-{corpus_chars}' if corpus_chars else ''}.jsonl"
     corpus, n = write_corpus_jsonl(cache_root() / "corpus" / name, max_chars=corpus_chars)
-    log(f"base model: pretraining config {config!r} for {steps} steps on {n} documents: stdlib prose and arithmetic sheets ({corpus})")
+    log(f"base model: pretraining config {config!r} for {steps} steps on {n} documents: stdlib prose and arithmetic "
+        f"sheets ({corpus})")
     work = out.parent / f"{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     train(TrainConfig(out=str(work), mode="pretrain", model=config, text=[str(corpus)], protocol=protocol,

@@ -82,16 +82,12 @@ def pretraining_documents(max_chars: int | None = None) -> Iterator[str]:
 
 
 def write_corpus(path: str | Path, max_chars: int | None = None) -> Path:
-    """Write the stdlib corpus to a text file (documents separated by a blank line); returns the path."""
+    """Write the pretraining corpus to a text file (documents separated by a blank line); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    total = 0
     with path.open("w", encoding="utf-8") as f:
-        for doc in pretraining_documents():
+        for doc in pretraining_documents(max_chars):
             f.write(doc + "\n\n")
-            total += len(doc) + 2
-            if max_chars and total >= max_chars:
-                break
     return path
 
 

@@ -19,13 +19,14 @@ from pathlib import Path
 
 from ..conversation import Conversation, Message, save
 from . import seeds
+from .corpus import OPERATORS
 
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_PATH = DATA_DIR / "train.jsonl"
 HELDOUT_PATH = DATA_DIR / "heldout.jsonl"
 META = {"source": "chatloom:quickstart", "license": "Apache-2.0", "lang": "en"}
 
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+OPS = OPERATORS  # the same facts the base's drill sheets teach
 TRAIN_ARITH_FRAMES = ["What is {e}?", "what's {e}", "Compute {e}.", "{e}=?", "What does {e} equal?", "Calculate {e}",
                       "{e}", "Quick: {e}?", "Can you tell me what {e} is?", "Please compute {e}.", "Evaluate {e}.",
                       "Find {e}.", "Tell me {e}.", "{e} is what?", "Give me the answer to {e}.", "Hey, what's {e}?",
