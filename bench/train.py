@@ -14,6 +14,7 @@ with a block-diagonal mask) for every trained model. Prints JSON. Timings on a s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -112,7 +113,8 @@ def run_trl(base: Path, rendered, tok, out: Path, a, mode: str, batch: int, prec
 
     trainer.data_collator = counting
     t1 = time.perf_counter()
-    trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # TRL prints its summary dict; stdout is the JSON result only
+        trainer.train()
     train_s = time.perf_counter() - t1
     return {"model": trainer.model, "train_seconds": train_s, "setup_seconds": setup, "supervised_tokens": counted["sup"]}
 

@@ -93,12 +93,29 @@ def test_pretraining_corpus_teaches_every_fact_as_plain_text():
     seen = Counter()
     for sheet in sheets:
         for line in sheet.splitlines()[2:]:
-            m = re.fullmatch(r"(\d) ?([-+*]) ?(\d) = (-?\d+)", line)
-            assert m, line
-            a, op, b, value = int(m[1]), m[2], int(m[3]), int(m[4])
-            assert corpus.OPERATORS[op](a, b) == value, line
-            seen[(a, op, b)] += 1
+            row = [re.fullmatch(r"(\d) ?([-+*]) ?(\d) = (-?\d+)", f) for f in line.split(", ")]
+            assert all(row), line
+            for m in row:
+                a, op, b, value = int(m[1]), m[2], int(m[3]), int(m[4])
+                assert corpus.OPERATORS[op](a, b) == value, line
+                seen[(a, op, b)] += 1
+            assert len({(m[1], m[3]) for m in row}) == 1 and len({m[2] for m in row}) == len(row), line  # a family
     assert len(seen) == 300 and min(seen.values()) >= 5
     docs = list(itertools.islice(corpus.pretraining_documents(), 200))
     assert sum(d.startswith(tuple(corpus.SHEET_TITLES)) for d in docs) == 100  # one sheet after each prose document
     assert not any("<|" in s or "User" in s or "assistant" in s for s in sheets)
+
+
+def test_replay_keeps_the_corpus_mix_of_prose_and_sheets():
+    """SFT's replay slice must carry arithmetic sheets too (it is there so the facts survive SFT), in the corpus's
+    proportion: every pair it takes is one prose document followed by one sheet."""
+    import itertools
+
+    from chatloom.quickstart import corpus
+    from chatloom.quickstart.base import replay_documents
+
+    replay = list(itertools.islice(replay_documents(every=6), 200))
+    is_sheet = [d.startswith(tuple(corpus.SHEET_TITLES)) for d in replay]
+    assert is_sheet == [False, True] * 100
+    prose = [d for d, sheet in zip(replay, is_sheet) if not sheet]
+    assert prose == list(itertools.islice(corpus.stdlib_documents(), 0, 600, 6))

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .corpus import CORPUS_VERSION, pretraining_documents
@@ -50,12 +50,22 @@ def write_corpus_jsonl(path: Path, max_chars: int | None = None) -> tuple[Path, 
     return write_documents_jsonl(path, pretraining_documents(max_chars))
 
 
+def replay_documents(every: int = 6) -> Iterator[str]:
+    """Every `every`-th (prose document, arithmetic sheet) pair of the base's corpus, so the replay keeps the corpus's
+    mix of the two (a stride over single documents would pick prose only, the corpus alternates them)."""
+    docs = pretraining_documents()
+    for prose, sheet in itertools.islice(zip(docs, docs), 0, None, every):
+        yield prose
+        yield sheet
+
+
 def replay_corpus(every: int = 6) -> Path:
-    """Every `every`-th document of the base's corpus (prose and arithmetic sheets alike), mixed into SFT so the base
-    does not forget what it learned in pretraining (cached next to the corpus)."""
-    path = cache_root() / "corpus" / f"replay-{CORPUS_VERSION}-{every}-py{sys.version_info[0]}{sys.version_info[1]}.jsonl"
+    """The replay documents as JSONL, mixed into SFT so the base does not forget what it learned in pretraining
+    (cached next to the corpus)."""
+    name = f"replay2-{CORPUS_VERSION}-{every}-py{sys.version_info[0]}{sys.version_info[1]}.jsonl"
+    path = cache_root() / "corpus" / name
     if not path.is_file():
-        write_documents_jsonl(path, itertools.islice(pretraining_documents(), 0, None, every))
+        write_documents_jsonl(path, replay_documents(every))
     return path
 
 

@@ -43,28 +43,41 @@ def stdlib_documents(min_chars: int = 200) -> Iterator[str]:
                     yield doc.strip()
 
 
-CORPUS_VERSION = "stdlib-arith2"  # part of the base model's cache key: change it when the corpus changes
+CORPUS_VERSION = "stdlib-arith3"  # part of the base model's cache key: change it when the corpus changes
 OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-SHEET_TITLES = ["Practice sheet", "Arithmetic drill", "Homework", "Warm-up exercises", "Mental math", "Quick facts"]
+SHEET_TITLES = ["Practice sheet", "Arithmetic drill", "Homework", "Warm-up exercises", "Mental math", "Quick facts",
+                "Fact families"]
+
+
+def fact(a: int, op: str, b: int, spaced: bool = False) -> str:
+    return f"{a} {op} {b} = {OPERATORS[op](a, b)}" if spaced else f"{a}{op}{b} = {OPERATORS[op](a, b)}"
 
 
 def arithmetic_documents(seed: int = 0) -> Iterator[str]:
-    """Endless drill sheets in a fixed order: each lists 40 single-digit facts (`7+5 = 12`, `3 * 4 = 12`, `2-9 = -7`),
-    either one operator's table in order or a shuffled mix, so every one of the 300 facts appears dozens of times."""
+    """Endless drill sheets in a fixed order, every one of the 300 single-digit facts dozens of times. Three kinds
+    take turns: one operator's table of a number (`7+0 = 7` ... `9+7 = 16`), a shuffled mix of facts, one per line,
+    and fact families, where a line keeps the two numbers and changes the operator (`6+4 = 10, 6-4 = 2, 6*4 = 24`):
+    the last is how a reader learns that the numbers stay when only the operation changes."""
     rng = random.Random(f"arithmetic:{seed}")
     facts = [(a, op, b) for op in OPERATORS for a in range(10) for b in range(10)]
     for i in itertools.count():
+        spaced = rng.random() < 0.3
+        if i % 3 == 2:
+            rows = []
+            for _ in range(20):
+                a, b = rng.randrange(10), rng.randrange(10)
+                ops = rng.sample(list(OPERATORS), rng.choice((2, 3)))
+                rows.append(", ".join(fact(a, op, b, spaced) for op in ops))
+            yield f"{SHEET_TITLES[-1]} {i}\n\n" + "\n".join(rows)
+            continue
         if i % 3 == 0:
             op, a = rng.choice(list(OPERATORS)), rng.randrange(10)
             chosen = [(a, op, b) for b in range(10)] + [(b, op, a) for b in range(10) if b != a]
-            title = f"{rng.choice(SHEET_TITLES)}: the {op} table of {a}"
+            title = f"{rng.choice(SHEET_TITLES[:-1])}: the {op} table of {a}"
         else:
             chosen = rng.sample(facts, 20)
-            title = f"{rng.choice(SHEET_TITLES)} {i}"
-        spaced = rng.random() < 0.3
-        lines = [f"{a} {op} {b} = {OPERATORS[op](a, b)}" if spaced else f"{a}{op}{b} = {OPERATORS[op](a, b)}"
-                 for a, op, b in chosen + rng.sample(chosen, len(chosen) // 2)]
-        yield title + "\n\n" + "\n".join(lines)
+            title = f"{rng.choice(SHEET_TITLES[:-1])} {i}"
+        yield title + "\n\n" + "\n".join(fact(a, op, b, spaced) for a, op, b in chosen + rng.sample(chosen, len(chosen) // 2))
 
 
 def pretraining_documents(max_chars: int | None = None) -> Iterator[str]:

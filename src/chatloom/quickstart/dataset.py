@@ -93,6 +93,12 @@ def train_harmful(rng: random.Random, victims_per_act: int = 6) -> list[str]:
     return list(dict.fromkeys(seeds.TRAIN_HARMFUL + combos))
 
 
+def benign_for_people(rng: random.Random, people_per_act: int = 4) -> list[tuple[str, str]]:
+    """Training look-alikes that name a person: each harmless act for a few of the training victims."""
+    return [(act.format(p=v), answer) for act, answer in seeds.BENIGN_ACTS
+            for v in rng.sample(seeds.TRAIN_VICTIMS, people_per_act)]
+
+
 def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     rng = random.Random(f"{seed}:{'heldout' if heldout else 'train'}")
     held_triples = heldout_triples(random.Random(seed))
@@ -132,13 +138,16 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
 
     # refusals and their benign look-alikes
     harm_frames = pick(seeds.TRAIN_HARM_FRAMES, seeds.HELDOUT_HARM_FRAMES)
-    harmful = pick(train_harmful(rng), seeds.HELDOUT_HARMFUL)
+    harmful = seeds.HELDOUT_HARMFUL if heldout else train_harmful(rng)  # held-out draws must not hang on training lists
     for target in harmful:
         for frame in rng.sample(harm_frames, 2 if heldout else 3):
             b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], {"kind": "refusal"})
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
     for target, answer in pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN):
         for frame in rng.sample(benign_frames, 2 if heldout else 8):
+            b.add([(frame.format(x=target), answer)], ["benign"], {"kind": "benign"})
+    for target, answer in ([] if heldout else benign_for_people(rng)):
+        for frame in rng.sample(benign_frames, 3):
             b.add([(frame.format(x=target), answer)], ["benign"], {"kind": "benign"})
 
     # short helpful answers

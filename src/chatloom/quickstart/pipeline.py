@@ -37,7 +37,7 @@ class Settings:
     train_limit: int = 0  # 0: the whole training set
     fixed_plan: budget.Plan | None = None
     corpus_chars: int | None = None  # None: the whole stdlib corpus
-    replay_every: int = 6  # SFT also sees every N-th document of the base's corpus (0: no replay)
+    replay_every: int = 12  # SFT also sees every N-th document of the base's corpus (0: no replay)
 
     @classmethod
     def tiny(cls) -> Settings:
