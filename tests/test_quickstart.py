@@ -71,9 +71,10 @@ def test_second_run_reuses_cached_base(tiny_run, tmp_path):
 def test_budget_plan_fits_the_time():
     for seconds, step, sft_step in ((600, 2.0, None), (600, 1.0, 0.4), (700, 0.8, 0.3)):
         p = budget.plan(seconds, step, sft_step)
-        spent = p.pretrain_steps * step + p.sft_steps * (sft_step or step)
+        spent = (p.pretrain_steps * step * budget.PRETRAIN_SLOWDOWN
+                 + p.sft_steps * (sft_step or step) * budget.SFT_SLOWDOWN)  # what the real steps will take
         assert seconds * 0.95 <= spent <= seconds, (p, spent)
-        assert p.pretrain_steps * step >= 0.5 * seconds  # the base gets the larger share
+        assert p.pretrain_steps * step * budget.PRETRAIN_SLOWDOWN >= 0.5 * seconds  # the base gets the larger share
     cheap = budget.plan(600, 1.0, 0.4)
     assert cheap.sft_steps > cheap.pretrain_steps  # cheaper SFT steps buy more of them
     slow = budget.plan(60, 10.0)
