@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..conversation import Conversation, Message, save
 from . import seeds
-from .corpus import OPERATORS
+from .corpus import OPERATORS, fact
 
 DATA_DIR = Path(__file__).parent / "data"
 TRAIN_PATH = DATA_DIR / "train.jsonl"
@@ -44,7 +44,7 @@ def equation(a: int, op: str, b: int) -> str:
 
 
 def arithmetic_answer(a: int, op: str, b: int) -> str:
-    return f"{equation(a, op, b)} = {OPS[op](a, b)}"
+    return fact(a, op, b)  # the answer is written exactly as the drill sheets write the fact
 
 
 def followup_answer(a: int, old: str, new: str, b: int) -> str:
