@@ -35,22 +35,28 @@ class Plan:
 
 
 def time_one_step(config: str, seq_len: int, batch_size: int, repeats: int = 5, warmup: int = 2) -> float:
-    """Seconds per optimizer step of `config` on a [batch_size, seq_len] batch (best of `repeats` after `warmup`
-    steps: on a fresh install the first steps can take twice as long, and a budget sized on them halves the base)."""
+    """Seconds per optimizer step of `config` on a [batch_size, seq_len] batch of random tokens, through the training
+    loop's own loss and attention (best of `repeats` after `warmup` steps: on a fresh install the first steps can take
+    twice as long, and a budget sized on them halves the base)."""
     from ..tokenizers import load_tokenizer
-    from ..train.loop import bf16_supported
+    from ..train.attention import use_training_attention
+    from ..train.loop import SupervisedLoss, bf16_supported
     from ..train.models import BUNDLED_TOKENIZER, build_model
 
     vocab = len(load_tokenizer(BUNDLED_TOKENIZER)) + 2
     model = build_model(config, vocab, seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    use_training_attention(model)
+    loss_of = SupervisedLoss(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     ids = torch.randint(0, vocab, (batch_size, seq_len))
+    positions = torch.arange(seq_len).repeat(batch_size, 1)
+    segments = torch.zeros_like(ids)
     use_bf16 = bf16_supported(torch.device("cpu"))
     best = float("inf")
     for i in range(warmup + repeats):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = loss_of(ids, positions, segments, ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

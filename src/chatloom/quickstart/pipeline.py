@@ -42,7 +42,7 @@ class Settings:
     @classmethod
     def tiny(cls) -> Settings:
         return cls(config="tiny", seq_len=128, batch_size=8, sft_batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=24,
-                   heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 60), corpus_chars=200_000,
+                   heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 150), corpus_chars=200_000,
                    replay_every=0)
 
 

@@ -42,7 +42,9 @@ from .data import (
     pack,
     read_documents,
 )
+from .attention import restore_attention, use_training_attention
 from .export import export_model
+from .fused_loss import linear_cross_entropy
 from .models import fit_vocab, load_model, model_protocol
 from .report import Metrics, file_digest, plot_loss, write_run_card
 
@@ -59,7 +61,8 @@ class TrainResult:
 
 class SupervisedLoss(nn.Module):
     """Sum of cross-entropy over supervised positions only: the output head runs on those rows alone (on a small model
-    the vocabulary projection is the largest matmul, and SFT supervises a fraction of the tokens)."""
+    the vocabulary projection is the largest matmul, and SFT supervises a fraction of the tokens), fused with the loss
+    in row chunks (`fused_loss.py`)."""
 
     def __init__(self, model):
         super().__init__()
@@ -73,8 +76,15 @@ class SupervisedLoss(nn.Module):
         hidden = base.get_decoder()(input_ids=ids, attention_mask=attention_mask(segments, dtype), position_ids=positions,
                                     use_cache=False).last_hidden_state
         supervised = targets != IGNORE
-        logits = base.get_output_embeddings()(hidden[supervised]).float()
-        return F.cross_entropy(logits, targets[supervised], reduction="sum")
+        head = base.get_output_embeddings()
+        if fusable(head):
+            return linear_cross_entropy(hidden[supervised], head.weight, targets[supervised])
+        return F.cross_entropy(head(hidden[supervised]).float(), targets[supervised], reduction="sum")
+
+
+def fusable(head) -> bool:
+    """A plain bias-free linear head on local (not sharded) weights: `linear_cross_entropy` computes it exactly."""
+    return type(head) is nn.Linear and head.bias is None and type(head.weight) is nn.Parameter
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -163,6 +173,8 @@ class Run:
 
         self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if bf16_supported(self.device) else "fp32")
         self.model.to(self.device)
+        self.raw_model = self.model
+        use_training_attention(self.raw_model)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
@@ -371,6 +383,7 @@ class Run:
                                               max(1e-9, sum(r["seconds"] for r in steps_rows)), 1)
         result.final = final
         weights = sharding.full_model_state(self.model) if cfg.fsdp else None  # gathered from all processes
+        restore_attention(self.raw_model)
         if self.main:
             export_model(self.model, self.protocol, self.out, state_dict=weights,
                          extra={"mode": cfg.mode, "base_model": cfg.model, "steps": self.step})
@@ -430,6 +443,7 @@ class Run:
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def _finish(self) -> None:
+        restore_attention(self.raw_model)
         if self._created_group and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()

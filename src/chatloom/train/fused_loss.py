@@ -1,0 +1,61 @@
+"""The output projection and cross-entropy as one operation, in row chunks.
+
+On a small model the vocabulary projection is the largest matmul, and the usual path (logits for every row, upcast to
+float32, log-softmax, its backward, downcast) spends more time moving the [rows, vocab] tensors through memory than
+multiplying: 37% of a quickstart pretraining step on CPU. Here each chunk of rows is projected, normalised in float32
+while it is still in cache, and turned straight into its gradient (softmax minus one-hot), so the full logits never
+exist and the backward pass is a multiply by the incoming scalar. The result and gradients are those of
+`F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")` up to rounding of the compute dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 21  # float32 logits per chunk (8 MB): rows = this // vocab
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, compute_dtype, want_grad):
+        w = weight.to(compute_dtype)
+        h_all = hidden.to(compute_dtype)
+        rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(h_all) if want_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
+        for start in range(0, h_all.shape[0], rows):
+            h, t = h_all[start:start + rows], targets[start:start + rows]
+            logp = torch.log_softmax(h @ w.T, -1, dtype=torch.float32)
+            picked = logp.gather(1, t[:, None])
+            total -= picked.sum()
+            if want_grad:
+                p = logp.exp_()
+                p.scatter_add_(1, t[:, None], torch.full_like(picked, -1.0))
+                p = p.to(compute_dtype)
+                grad_h[start:start + rows] = p @ w
+                grad_w += (p.T @ h).float()
+        if want_grad:
+            ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        return (grad_h * grad_out).to(h_dtype), (grad_w * grad_out).to(w_dtype), None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of cross-entropy(hidden @ weight.T, targets), in float32, without materialising all logits.
+
+    Under autocast the matmuls run in the autocast dtype, like `F.linear` would. Every target must be a valid class
+    (select the supervised rows first)."""
+    if hidden.shape[0] == 0:
+        return (hidden.sum() + weight.sum()) * 0.0  # keeps the graph (and the collective under DDP) intact
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, dtype, want_grad)

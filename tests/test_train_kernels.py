@@ -1,0 +1,121 @@
+"""The training loop's faster pieces compute what the plain ones do: the chunked linear + cross-entropy, the float32 SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatloom.train import fused_loss
+from chatloom.train.attention import NAME, restore_attention, use_training_attention
+from chatloom.train.fused_loss import linear_cross_entropy
+from chatloom.train.loop import SupervisedLoss
+from chatloom.train.models import build_model
+
+
+def reference(hidden, weight, targets):
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+
+
+def loss_and_grads(fn, hidden, weight, targets):
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = fn(h, w, targets)
+    (loss * 0.37).backward()  # a non-unit upstream gradient must scale both gradients
+    return loss.detach(), h.grad, w.grad
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 70), vocab=st.integers(2, 300), dim=st.integers(1, 24), chunk=st.integers(1, 2000),
+       seed=st.integers(0, 2**16))
+def test_fused_loss_equals_cross_entropy_in_float32(rows, vocab, dim, chunk, seed):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, dim, generator=g, dtype=torch.float64).float()
+    weight = torch.randn(vocab, dim, generator=g).float()
+    targets = torch.randint(0, vocab, (rows,), generator=g)
+    saved = fused_loss.CHUNK_ELEMENTS
+    fused_loss.CHUNK_ELEMENTS = chunk  # rows per chunk = chunk // vocab (at least 1): one chunk, several, one per row
+    try:
+        got = loss_and_grads(linear_cross_entropy, hidden, weight, targets)
+    finally:
+        fused_loss.CHUNK_ELEMENTS = saved
+    want = loss_and_grads(reference, hidden, weight, targets)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_loss_under_bf16_autocast_matches_the_autocast_reference():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(300, 64, generator=g)
+    weight = torch.randn(1000, 64, generator=g) * 0.1
+    targets = torch.randint(0, 1000, (300,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss_and_grads(linear_cross_entropy, hidden, weight, targets)
+        want = loss_and_grads(reference, hidden, weight, targets)
+    assert got[0].dtype == torch.float32 and got[1].dtype == hidden.dtype and got[2].dtype == weight.dtype
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-3)
+    for a, b in zip(got[1:], want[1:], strict=True):  # both round the softmax gradient to bf16 before the matmuls
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_fused_loss_without_grad_and_without_rows():
+    weight = torch.randn(50, 8, requires_grad=True)
+    hidden, targets = torch.randn(9, 8), torch.randint(0, 50, (9,))
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets), reference(hidden, weight, targets))
+    empty = linear_cross_entropy(torch.randn(0, 8, requires_grad=True), weight, torch.zeros(0, dtype=torch.long))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.count_nonzero(weight.grad) == 0
+
+
+def batch(rows=3, length=40, vocab=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (rows, length), generator=g)
+    segments = torch.zeros_like(ids)
+    segments[:, length // 2:] = 1  # two packed examples per row
+    positions = torch.arange(length).repeat(rows, 1)
+    positions[:, length // 2:] -= length // 2
+    return ids, positions, segments, ids.roll(-1, 1)
+
+
+def model_loss(model, bf16):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = SupervisedLoss(model)(*batch())
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_training_attention_gives_the_sdpa_results_and_is_restored():
+    model = build_model("tiny", 300, seed=0)
+    exact = model_loss(model, bf16=False)
+    sdpa_bf16 = model_loss(model, bf16=True)
+    assert use_training_attention(model) and model.config._attn_implementation == NAME
+    fp32_core = model_loss(model, bf16=False)
+    assert fp32_core[0] == pytest.approx(exact[0], rel=1e-6)  # float32 model: the same computation
+    torch.testing.assert_close(fp32_core[1], exact[1], rtol=1e-5, atol=1e-6)
+    ours_bf16 = model_loss(model, bf16=True)
+    assert ours_bf16[0] == pytest.approx(exact[0], rel=2e-2)
+    # bf16 matmuls with a float32 attention core are at least as close to the exact loss as all-bf16 SDPA
+    assert abs(ours_bf16[0] - exact[0]) <= abs(sdpa_bf16[0] - exact[0]) * 1.5 + 1e-3
+    restore_attention(model)
+    assert model.config._attn_implementation == "sdpa"
+    assert not use_training_attention(torch.nn.Linear(2, 2))  # not a transformers model: left alone
+
+
+def test_training_attention_core_is_float32_sdpa_of_the_bf16_inputs():
+    from chatloom.train.attention import cpu_fp32_sdpa
+
+    model = build_model("tiny", 300, seed=0)
+    layer = model.model.layers[0].self_attn
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 10, 16, generator=g).bfloat16()
+    kv = torch.randn(2, 2, 10, 16, generator=g).bfloat16()
+    mask = torch.zeros(2, 1, 10, 10).masked_fill_(~torch.ones(10, 10, dtype=torch.bool).tril(), -1e30).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = cpu_fp32_sdpa(layer, q, kv, kv, mask, scaling=0.25)
+    want = F.scaled_dot_product_attention(q.float(), kv.float().repeat_interleave(2, 1), kv.float().repeat_interleave(2, 1),
+                                          attn_mask=mask.float(), scale=0.25).transpose(1, 2)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), want.bfloat16().float(), rtol=0, atol=0)
