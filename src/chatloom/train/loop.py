@@ -30,6 +30,7 @@ from ..conversation import load as load_conversations
 from ..protocols import ProtocolError
 from . import checkpoint as ckpt
 from . import sharding
+from .attention import restore_attention, use_training_attention
 from .config import TrainConfig
 from .data import (
     IGNORE,
@@ -42,7 +43,6 @@ from .data import (
     pack,
     read_documents,
 )
-from .attention import restore_attention, use_training_attention
 from .export import export_model
 from .fused_loss import linear_cross_entropy
 from .models import fit_vocab, load_model, model_protocol
