@@ -75,12 +75,14 @@ def test_budget_plan_fits_the_time():
                  + p.sft_steps * (sft_step or step) * budget.SFT_SLOWDOWN)  # what the real steps will take
         assert seconds * 0.95 <= spent <= seconds, (p, spent)
         assert p.pretrain_steps * step * budget.PRETRAIN_SLOWDOWN >= 0.5 * seconds  # the base gets the larger share
+        assert p.pretrain_seconds >= 0.5 * seconds and p.pretrain_seconds + p.sft_seconds == pytest.approx(seconds)
     cheap = budget.plan(600, 1.0, 0.4)
     assert cheap.sft_steps > cheap.pretrain_steps  # cheaper SFT steps buy more of them
     slow = budget.plan(60, 10.0)
     assert slow.pretrain_steps == slow.sft_steps == 20  # never below the minimum
     fast = budget.plan(600, 0.01)
-    assert (fast.pretrain_steps, fast.sft_steps) == (800, 1200)  # capped
+    assert (fast.pretrain_steps, fast.sft_steps) == (1000, 1500)  # capped...
+    assert fast.pretrain_seconds == pytest.approx(1000 * 0.01 * budget.PRETRAIN_SLOWDOWN)  # ...and SFT may have the rest
     assert budget.training_seconds(15) < 15 * 60 - budget.RESERVE_SECONDS
     assert budget.training_seconds(1) == 0.0
 

@@ -74,8 +74,10 @@ def is_model_dir(path: Path) -> bool:
 
 
 def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: int = 256, batch_size: int = 16,
-                lr: float = 2e-3, tag: str = "", corpus_chars: int | None = None, log=print) -> tuple[Path, bool]:
-    """(model dir, reused): the cached pretrained base, trained now if missing."""
+                lr: float = 2e-3, tag: str = "", corpus_chars: int | None = None, max_seconds: float = 0.0,
+                log=print) -> tuple[Path, bool]:
+    """(model dir, reused): the cached pretrained base, trained now (for `steps` steps or `max_seconds`, whichever
+    ends first) if missing."""
     from ..train import TrainConfig, train
 
     out = cache_root() / f"base-{cache_key(config, protocol, seq_len, tag)}"
@@ -84,12 +86,14 @@ def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: i
         return out, True
     name = f"{CORPUS_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}{f'-{corpus_chars}' if corpus_chars else ''}.jsonl"
     corpus, n = write_corpus_jsonl(cache_root() / "corpus" / name, max_chars=corpus_chars)
-    log(f"base model: pretraining config {config!r} for {steps} steps on {n} documents: stdlib prose and arithmetic "
-        f"sheets ({corpus})")
+    limit = f" (at most {max_seconds:.0f} s)" if max_seconds else ""
+    log(f"base model: pretraining config {config!r} for {steps} steps{limit} on {n} documents: stdlib prose and "
+        f"arithmetic sheets ({corpus})")
     work = out.parent / f"{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     train(TrainConfig(out=str(work), mode="pretrain", model=config, text=[str(corpus)], protocol=protocol,
-                      max_steps=steps, seq_len=seq_len, batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 20)))
+                      max_steps=steps, max_seconds=max_seconds, seq_len=seq_len, batch_size=batch_size, lr=lr,
+                      warmup_steps=max(1, steps // 20)))
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
     return out, False

@@ -83,10 +83,12 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
         step = budget.time_one_step(s.config, s.seq_len, s.batch_size)
         sft_step = budget.time_one_step(s.config, s.seq_len, s.sft_batch_size)
         plan = budget.plan(budget.training_seconds(minutes), step, sft_step)
-    if model:
-        plan.pretrain_steps = 0
+    if model:  # no pretraining: SFT of the user's base gets all the training seconds
+        plan.pretrain_steps, plan.sft_seconds = 0, plan.sft_seconds and plan.pretrain_seconds + plan.sft_seconds
     console.print(f"one step of {s.config!r} takes {plan.step_seconds:.2f}s here ({plan.sft_step_seconds:.2f}s at the SFT "
-                  f"batch) -> pretrain {plan.pretrain_steps} steps, SFT {plan.sft_steps} steps (budget {minutes:g} min)")
+                  f"batch) -> pretrain {plan.pretrain_steps} steps, SFT {plan.sft_steps} steps (budget {minutes:g} min"
+                  + (f"; at most {plan.pretrain_seconds:.0f} s + {plan.sft_seconds:.0f} s of training)"
+                     if plan.pretrain_seconds else ")"))
     timings["budget"] = time.perf_counter() - started
 
     stage(2, "base model")
@@ -97,7 +99,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     else:
         base_dir, _ = ensure_base(s.config, plan.pretrain_steps, protocol=protocol, seq_len=s.seq_len,
                                   batch_size=s.batch_size, lr=s.pretrain_lr, tag="tiny" if tiny else "",
-                                  corpus_chars=s.corpus_chars, log=console.print)
+                                  corpus_chars=s.corpus_chars, max_seconds=plan.pretrain_seconds, log=console.print)
     timings["base"] = time.perf_counter() - t
 
     stage(3, "supervised fine-tuning on the embedded conversations")
@@ -111,7 +113,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     sft_dir = out / "sft"
     replay = [str(replay_corpus(s.replay_every))] if s.replay_every and not model else []  # against forgetting
     train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], text=replay, protocol=protocol,
-                      max_steps=plan.sft_steps, seq_len=s.seq_len, batch_size=s.sft_batch_size,
+                      max_steps=plan.sft_steps, max_seconds=plan.sft_seconds, seq_len=s.seq_len, batch_size=s.sft_batch_size,
                       lr=s.sft_lr if not model else 1e-4, warmup_steps=max(1, plan.sft_steps // 20)))
     timings["sft"] = time.perf_counter() - t
 

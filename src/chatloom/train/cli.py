@@ -34,6 +34,8 @@ COMMON = dict(
     out=typer.Option(None, "--out", "-o", help="Run / model output directory."),
     val=typer.Option(None, "--val", help="Validation file(s)."),
     max_steps=typer.Option(None, "--max-steps", help="Optimizer steps (default: --epochs)."),
+    max_seconds=typer.Option(None, "--max-seconds", help="Stop after this many seconds of training (the LR schedule "
+                             "runs to its end by then); with --max-steps, whichever comes first."),
     epochs=typer.Option(None, "--epochs"),
     seq_len=typer.Option(None, "--seq-len", help="Packed row length in tokens."),
     lr=typer.Option(None, "--lr"),
@@ -62,7 +64,7 @@ def sft(model: str = typer.Option(None, "--model", "-m", help="Named config (tin
         text: list[str] = typer.Option(None, "--text", help="Documents mixed into the conversations (every token "
                                        "supervised), e.g. pretraining text replayed so the base does not forget it."),
         out: Path = COMMON["out"], val: list[str] = COMMON["val"], max_steps: int = COMMON["max_steps"],
-        epochs: float = COMMON["epochs"], seq_len: int = COMMON["seq_len"], lr: float = COMMON["lr"],
+        max_seconds: float = COMMON["max_seconds"], epochs: float = COMMON["epochs"], seq_len: int = COMMON["seq_len"], lr: float = COMMON["lr"],
         seed: int = COMMON["seed"], batch_size: int = COMMON["batch_size"], grad_accum: int = COMMON["grad_accum"],
         precision: str = COMMON["precision"], eval_every: int = COMMON["eval_every"],
         save_every: int = COMMON["save_every"], resume: bool = COMMON["resume"], lora: bool = COMMON["lora"],
@@ -70,7 +72,7 @@ def sft(model: str = typer.Option(None, "--model", "-m", help="Named config (tin
         fsdp: bool = COMMON["fsdp"], tokenizer: str = COMMON["tokenizer"], config: Path = COMMON["config"]):
     """Supervised fine-tuning on conversations (loss on assistant turns + their end-of-turn token)."""
     _run(config, mode="sft", model=model, data=data, text=text, protocol=protocol, on_error=on_error,
-         out=str(out) if out else None, val=val, max_steps=max_steps, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed,
+         out=str(out) if out else None, val=val, max_steps=max_steps, max_seconds=max_seconds, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed,
          batch_size=batch_size, grad_accum=grad_accum, precision=precision, eval_every=eval_every,
          save_every=save_every, resume=resume, lora=lora, gradient_checkpointing=gradient_checkpointing,
          compile=compile, fsdp=fsdp, tokenizer=tokenizer)
@@ -82,7 +84,7 @@ def pretrain(more_text: list[str] = typer.Argument(None, metavar="[FILES]...", h
              text: list[str] = typer.Option(None, "--text", help="Text files (.txt: a document; .jsonl: 'text' per line)."),
              protocol: str = typer.Option(None, "--protocol", "-p", help="Control tokens to reserve (default chatml)."),
              out: Path = COMMON["out"], val: list[str] = COMMON["val"], max_steps: int = COMMON["max_steps"],
-             epochs: float = COMMON["epochs"], seq_len: int = COMMON["seq_len"], lr: float = COMMON["lr"],
+             max_seconds: float = COMMON["max_seconds"], epochs: float = COMMON["epochs"], seq_len: int = COMMON["seq_len"], lr: float = COMMON["lr"],
              seed: int = COMMON["seed"], batch_size: int = COMMON["batch_size"],
              grad_accum: int = COMMON["grad_accum"], precision: str = COMMON["precision"],
              eval_every: int = COMMON["eval_every"], save_every: int = COMMON["save_every"],
@@ -91,6 +93,6 @@ def pretrain(more_text: list[str] = typer.Argument(None, metavar="[FILES]...", h
              config: Path = COMMON["config"]):
     """Pretraining on documents (every token supervised): the same loop, different data."""
     _run(config, mode="pretrain", model=model, text=[*(text or []), *(more_text or [])], protocol=protocol, out=str(out) if out else None, val=val,
-         max_steps=max_steps, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed, batch_size=batch_size,
+         max_steps=max_steps, max_seconds=max_seconds, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed, batch_size=batch_size,
          grad_accum=grad_accum, precision=precision, eval_every=eval_every, save_every=save_every, resume=resume,
          gradient_checkpointing=gradient_checkpointing, compile=compile, fsdp=fsdp, tokenizer=tokenizer)

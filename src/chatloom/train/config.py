@@ -19,6 +19,7 @@ class TrainConfig:
     text: list[str] = field(default_factory=list)  # pretrain: text files (.txt: one document; .jsonl: "text" per line);
     # sft: documents mixed into the conversations (every token supervised), e.g. pretraining data replayed against forgetting
     max_steps: int = 0  # 0: run `epochs` epochs
+    max_seconds: float = 0.0  # > 0: also stop when the loop has run this long; the LR schedule follows the clock too
     epochs: float = 1.0
     seq_len: int = 1024
     batch_size: int = 8  # packed rows per micro-batch per process

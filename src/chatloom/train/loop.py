@@ -122,6 +122,14 @@ def init_distributed() -> tuple[int, int, int, bool]:
     return 0, 1, 0, False
 
 
+def all_max(value: float) -> float:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_sum(values: list[float]) -> list[float]:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return values
@@ -195,8 +203,9 @@ class Run:
         self.rows_per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.shard) / self.rows_per_step))
         self.warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(0.05 * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.total_steps, self.warmup, cfg.schedule, cfg.min_lr_ratio))
+        schedule = lr_lambda(self.total_steps, self.warmup, cfg.schedule, cfg.min_lr_ratio)
+        self.clock_step = 0.0  # under max_seconds: the step the clock says the run is at (the schedule takes the later)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: schedule(max(s, self.clock_step)))
         self.step, self.skipped_steps, self.elapsed_before = 0, 0, 0.0
         if cfg.resume:
             found = ckpt.latest_checkpoint(self.out)
@@ -328,10 +337,10 @@ class Run:
         if self.step == 0 and self.val_shard is not None:
             val = self.validation_loss()
             metrics.log(step=0, val_loss=val)
-        interrupted = False
+        interrupted, out_of_time = False, False
         with self._progress() as progress:
             task = progress.add_task("train", total=self.total_steps, completed=self.step, loss="-", tps="-")
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not out_of_time:
                 t0 = time.perf_counter()
                 out = self.accumulate(self.step)
                 if out["skipped"]:
@@ -343,6 +352,8 @@ class Run:
                         torch.zeros(())
                     lr = self.scheduler.get_last_lr()[0]
                     self.optimizer.step()
+                    if cfg.max_seconds > 0:
+                        self.clock_step = self.total_steps * self._elapsed(started) / cfg.max_seconds
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     last_loss = out["loss"]
@@ -359,6 +370,11 @@ class Run:
                     if val is not None:
                         row["val_loss"] = val
                 metrics.log(**row)
+                if cfg.max_seconds > 0:  # the clock decides: steps at the end = steps so far / share of time used
+                    used = self._elapsed(started) / cfg.max_seconds
+                    out_of_time = used >= 1.0
+                    progress.update(task, total=self.step if out_of_time else
+                                    min(self.total_steps, max(self.step + 1, round(self.step / max(used, 1e-9)))))
                 progress.update(task, advance=1, loss=f"{last_loss:.4f}" if last_loss is not None else "-",
                                 tps=f"{row['supervised_tok_s']:.0f}")
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
@@ -374,7 +390,7 @@ class Run:
             return result
         val = self.validation_loss()
         final = {"train_loss": last_loss, "val_loss": val, "steps": self.step, "skipped_steps": self.skipped_steps,
-                 "seconds": round(seconds, 2)}
+                 "seconds": round(seconds, 2), "stopped_by": "time" if out_of_time else "steps"}
         if val is not None:
             metrics.log(step=self.step, val_loss=val)
         steps_rows = [r for r in metrics.rows if "supervised_tokens" in r]
@@ -407,6 +423,10 @@ class Run:
                         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} sup tok/s"),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         disable=not (self.cfg.progress and self.main))
+
+    def _elapsed(self, started: float) -> float:
+        """Seconds this run has trained (across resumes), the same on every process."""
+        return all_max(self.elapsed_before + time.perf_counter() - started)
 
     def _checkpoint(self, started: float) -> None:
         model_state = sharding.full_model_state(self.model)  # every process: gathers the shards under FSDP
