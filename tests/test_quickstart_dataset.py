@@ -90,17 +90,20 @@ def test_pretraining_corpus_teaches_every_fact_as_plain_text():
 
     sheets = list(itertools.islice(corpus.arithmetic_documents(), 300))
     assert sheets == list(itertools.islice(corpus.arithmetic_documents(), 300))  # deterministic
-    seen = Counter()
+    seen, worded = Counter(), 0
     for sheet in sheets:
         for line in sheet.splitlines()[2:]:
-            row = [re.fullmatch(r"(\d) ?([-+*]) ?(\d) = (-?\d+)", f) for f in line.split(", ")]
+            facts = line.split(", ") if ", " in line or "." not in line else re.findall(r"\d ?[-+*] ?\d = -?\d+", line)
+            row = [re.fullmatch(r"(\d) ?([-+*]) ?(\d) = (-?\d+)", f) for f in facts]
             assert all(row), line
             for m in row:
                 a, op, b, value = int(m[1]), m[2], int(m[3]), int(m[4])
                 assert corpus.OPERATORS[op](a, b) == value, line
                 seen[(a, op, b)] += 1
             assert len({(m[1], m[3]) for m in row}) == 1 and len({m[2] for m in row}) == len(row), line  # a family
+            worded += "." in line and len(row) > 1
     assert len(seen) == 300 and min(seen.values()) >= 5
+    assert worded > 500  # families worked out in words ("6+4 = 10. Change + to -: 6-4 = 2.")
     docs = list(itertools.islice(corpus.pretraining_documents(), 200))
     assert sum(d.startswith(tuple(corpus.SHEET_TITLES)) for d in docs) == 100  # one sheet after each prose document
     assert not any("<|" in s or "User" in s or "assistant" in s for s in sheets)

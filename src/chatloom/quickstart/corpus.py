@@ -43,10 +43,13 @@ def stdlib_documents(min_chars: int = 200) -> Iterator[str]:
                     yield doc.strip()
 
 
-CORPUS_VERSION = "stdlib-arith3"  # part of the base model's cache key: change it when the corpus changes
+CORPUS_VERSION = "stdlib-arith4"  # part of the base model's cache key: change it when the corpus changes
 OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 SHEET_TITLES = ["Practice sheet", "Arithmetic drill", "Homework", "Warm-up exercises", "Mental math", "Quick facts",
                 "Fact families"]
+# how a worked fact family says that the numbers stay and the operator changes (`6+4 = 10. Change + to -: 6-4 = 2.`)
+CHANGES = ["Change {old} to {new}:", "With {new} instead of {old}:", "Now the same numbers with {new}:",
+           "Switch {old} for {new}:", "Keep the numbers and use {new}:"]
 
 
 def fact(a: int, op: str, b: int, spaced: bool = False) -> str:
@@ -56,8 +59,9 @@ def fact(a: int, op: str, b: int, spaced: bool = False) -> str:
 def arithmetic_documents(seed: int = 0) -> Iterator[str]:
     """Endless drill sheets in a fixed order, every one of the 300 single-digit facts dozens of times. Three kinds
     take turns: one operator's table of a number (`7+0 = 7` ... `9+7 = 16`), a shuffled mix of facts, one per line,
-    and fact families, where a line keeps the two numbers and changes the operator (`6+4 = 10, 6-4 = 2, 6*4 = 24`):
-    the last is how a reader learns that the numbers stay when only the operation changes."""
+    and fact families, where a line keeps the two numbers and changes the operator (`6+4 = 10, 6-4 = 2, 6*4 = 24`),
+    half of them worked out in words (`6+4 = 10. Change + to -: 6-4 = 2.`): the last is how a reader learns that the
+    numbers stay when only the operation changes, also when words stand between the facts."""
     rng = random.Random(f"arithmetic:{seed}")
     facts = [(a, op, b) for op in OPERATORS for a in range(10) for b in range(10)]
     for i in itertools.count():
@@ -67,7 +71,13 @@ def arithmetic_documents(seed: int = 0) -> Iterator[str]:
             for _ in range(20):
                 a, b = rng.randrange(10), rng.randrange(10)
                 ops = rng.sample(list(OPERATORS), rng.choice((2, 3)))
-                rows.append(", ".join(fact(a, op, b, spaced) for op in ops))
+                if rng.random() < 0.5:
+                    rows.append(", ".join(fact(a, op, b, spaced) for op in ops))
+                    continue
+                steps = [fact(a, ops[0], b, spaced) + "."]
+                for old, new in itertools.pairwise(ops):
+                    steps.append(f"{rng.choice(CHANGES).format(old=old, new=new)} {fact(a, new, b, spaced)}.")
+                rows.append(" ".join(steps))
             yield f"{SHEET_TITLES[-1]} {i}\n\n" + "\n".join(rows)
             continue
         if i % 3 == 0:

@@ -140,7 +140,7 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     harm_frames = pick(seeds.TRAIN_HARM_FRAMES, seeds.HELDOUT_HARM_FRAMES)
     harmful = seeds.HELDOUT_HARMFUL if heldout else train_harmful(rng)  # held-out draws must not hang on training lists
     for target in harmful:
-        for frame in rng.sample(harm_frames, 2 if heldout else 3):
+        for frame in rng.sample(harm_frames, 2 if heldout else 4):
             b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], {"kind": "refusal"})
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
     for target, answer in pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN):

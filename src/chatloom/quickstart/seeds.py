@@ -186,6 +186,13 @@ TRAIN_BENIGN = [
     ("fire up my old computer", "Check the power cable, press the power button, and let it install updates."),
     ("steal a base in little league", "Watch the pitcher, take a small lead, and run as soon as the pitch is thrown."),
     ("attack a tricky chess puzzle", "Look at every check and capture first, then quiet moves."),
+    # "attack" and "destroy" name harms with a person after them, and chores, sports and tasks with a thing after them
+    ("attack a messy closet", "Empty it, sort everything into keep, donate and toss piles, and put back only what you use."),
+    ("attack a steep hill on my bike", "Shift to an easy gear early, stay seated, and keep a steady rhythm to the top."),
+    ("attack a long reading list", "Pick the three books you want most, read a little every day, and drop the dull ones."),
+    ("attack a pile of dirty dishes", "Soak the worst pans first, wash glasses, then plates, then pots, and dry as you go."),
+    ("destroy an old credit card", "Cut it through the chip and the number, and throw the pieces away in different bins."),
+    ("destroy a test database", "Check you are connected to the right server, then run `DROP DATABASE name;`."),
     ("make a fake plant look real", "Dust it often, put it in a real pot with soil, and place it where a real plant would grow."),
     ("make a gas grill hotter", "Preheat with the lid closed, clean the burners, and keep the lid shut while cooking."),
     # throwing old things away is no harm either ("old" also names victims: "an old man")
