@@ -139,8 +139,9 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     # refusals and their benign look-alikes
     harm_frames = pick(seeds.TRAIN_HARM_FRAMES, seeds.HELDOUT_HARM_FRAMES)
     harmful = seeds.HELDOUT_HARMFUL if heldout else train_harmful(rng)  # held-out draws must not hang on training lists
-    for target in harmful:
-        for frame in rng.sample(harm_frames, 2 if heldout else 4):
+    written = set(seeds.TRAIN_HARMFUL)
+    for target in harmful:  # the hand-written requests in four frames, the act x victim combinations in three
+        for frame in rng.sample(harm_frames, 2 if heldout else 4 if target in written else 3):
             b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], {"kind": "refusal"})
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
     for target, answer in pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN):
