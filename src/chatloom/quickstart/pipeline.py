@@ -84,11 +84,13 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
         sft_step = budget.time_one_step(s.config, s.seq_len, s.sft_batch_size)
         plan = budget.plan(budget.training_seconds(minutes), step, sft_step)
     if model:  # no pretraining: SFT of the user's base gets all the training seconds
-        plan.pretrain_steps, plan.sft_seconds = 0, plan.sft_seconds and plan.pretrain_seconds + plan.sft_seconds
+        if plan.sft_seconds:
+            plan.sft_seconds += plan.pretrain_seconds
+        plan.pretrain_steps, plan.pretrain_seconds = 0, 0.0
     console.print(f"one step of {s.config!r} takes {plan.step_seconds:.2f}s here ({plan.sft_step_seconds:.2f}s at the SFT "
                   f"batch) -> pretrain {plan.pretrain_steps} steps, SFT {plan.sft_steps} steps (budget {minutes:g} min"
                   + (f"; at most {plan.pretrain_seconds:.0f} s + {plan.sft_seconds:.0f} s of training)"
-                     if plan.pretrain_seconds else ")"))
+                     if plan.sft_seconds else ")"))
     timings["budget"] = time.perf_counter() - started
 
     stage(2, "base model")

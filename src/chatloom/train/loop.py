@@ -343,6 +343,7 @@ class Run:
             while self.step < self.total_steps and not out_of_time:
                 t0 = time.perf_counter()
                 out = self.accumulate(self.step)
+                used = self._elapsed(started) / cfg.max_seconds if cfg.max_seconds > 0 else 0.0  # share of the time
                 if out["skipped"]:
                     self.skipped_steps += 1
                     self.optimizer.zero_grad(set_to_none=True)
@@ -352,8 +353,7 @@ class Run:
                         torch.zeros(())
                     lr = self.scheduler.get_last_lr()[0]
                     self.optimizer.step()
-                    if cfg.max_seconds > 0:
-                        self.clock_step = self.total_steps * self._elapsed(started) / cfg.max_seconds
+                    self.clock_step = self.total_steps * used
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     last_loss = out["loss"]
@@ -371,7 +371,6 @@ class Run:
                         row["val_loss"] = val
                 metrics.log(**row)
                 if cfg.max_seconds > 0:  # the clock decides: steps at the end = steps so far / share of time used
-                    used = self._elapsed(started) / cfg.max_seconds
                     out_of_time = used >= 1.0
                     progress.update(task, total=self.step if out_of_time else
                                     min(self.total_steps, max(self.step + 1, round(self.step / max(used, 1e-9)))))
