@@ -308,11 +308,11 @@ def test_sft_mixes_documents_into_the_conversations(convs_file, tmp_path):
 def test_max_seconds_stops_on_time_with_the_schedule_run_to_its_end(convs_file, tmp_path):
     out = tmp_path / "timed"
     result = train(TrainConfig(out=str(out), model="tiny", data=[str(convs_file)], seq_len=64, batch_size=2,
-                               max_steps=100_000, max_seconds=2.0, lr=1e-3, min_lr_ratio=0.1, warmup_steps=2,
+                               max_steps=100_000, max_seconds=4.0, lr=1e-3, min_lr_ratio=0.1, warmup_steps=2,
                                precision="fp32", progress=False))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
-    assert result.final["stopped_by"] == "time" and 10 < result.steps < 100_000
-    assert 2.0 <= result.final["seconds"] <= 4.0
+    assert result.final["stopped_by"] == "time" and 4 < result.steps < 100_000  # few steps on a loaded machine
+    assert 4.0 <= result.final["seconds"] <= 8.0
     lrs = [r["lr"] for r in rows]
     assert max(lrs) == pytest.approx(1e-3, rel=0.05)  # warmed up to the peak...
     assert lrs[-1] < 0.15e-3  # ...and the cosine reached its floor when the clock ran out, not at step 100,000
