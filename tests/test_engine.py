@@ -1,5 +1,7 @@
 """Engine: KV-cache decoding equals full recomputation, stopping (end-of-turn, stop strings, length), UTF-8-safe streaming,
-seeds, batching and context-window management, on a tiny random Llama built in code."""
+seeds, batching and context-window management, on a tiny random Llama built in code. Every stopping and streaming test
+runs on both decoding paths (the lean Llama decoder and the transformers forward) with a scripted copy of that model
+(tests/scripted.py): its replies are known token by token, so finish reasons and token counts are checked exactly."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from chatloom import protocols
 from chatloom.conversation import Conversation
 from chatloom.engine import ContextWindowError, Engine, SamplingParams, TextStream
 from chatloom.tokenizers import load_tokenizer
+
+from .scripted import PATHS, by_prompt, scripted
 
 GREEDY = SamplingParams(max_tokens=16, temperature=0)
 
@@ -53,51 +57,27 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-class ScriptedLM(torch.nn.Module):
-    """A real (tiny) causal LM whose logits we control: step t of the reply emits `script[t]` (then `after`)."""
-
-    def __init__(self, inner, script, after=None):
-        super().__init__()
-        self.inner, self.script, self.after = inner, list(script), after
-        self.config = inner.config
-        self.prompt_len = None
-
-    @property
-    def device(self):
-        return self.inner.device
-
-    def get_output_embeddings(self):
-        return self.inner.get_output_embeddings()
-
-    def forward(self, input_ids, past_key_values=None, **kw):
-        seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-        out = self.inner(input_ids=input_ids, past_key_values=past_key_values, **kw)
-        if seen == 0:
-            self.prompt_len = input_ids.shape[1]
-        step = seen + input_ids.shape[1] - self.prompt_len
-        token = self.script[step] if step < len(self.script) else self.after
-        if token is not None:
-            forced = torch.full_like(out.logits, -1e9)
-            forced[..., token] = 0
-            out.logits = forced
-        return out
-
-
-def scripted(engine: Engine, script, after=None) -> Engine:
-    return Engine(ScriptedLM(engine.model, script, after), engine.protocol)
-
-
 CONVS = [Conversation.of("Hello there, how are you?"),
          Conversation.of("Hi", "Hello! How can I help?", "Explain a dict in one line.", system="You are terse."),
          Conversation.of("ünïcödé ☃ 日本語 🙂")]
 
 
-def test_greedy_with_kv_cache_equals_full_recompute(engine):
+def path_engine(engine: Engine, fast: bool) -> Engine:
+    e = engine if fast else Engine(engine.model, engine.protocol, fast=False)
+    assert (e.decoder is not None) == fast
+    return e
+
+
+@pytest.mark.parametrize("fast", PATHS)
+def test_greedy_with_kv_cache_equals_full_recompute(engine, fast):
+    e = path_engine(engine, fast)
     for conv in CONVS:
-        [c] = engine.generate([conv], GREEDY)
-        assert c.ids == engine.greedy_reference(conv, GREEDY.max_tokens)
+        # the reference feeds the whole sequence every step (no cache) and stops after a stop id or max_tokens
+        reference = engine.greedy_reference(conv, GREEDY.max_tokens)
+        [c] = e.generate([conv], GREEDY)
+        assert c.ids == reference and c.completion_tokens == len(reference) > 0
+        assert c.finish_reason == ("stop" if reference[-1] in engine.stop_ids else "length")
         assert c.prompt_tokens == len(engine.protocol.prompt(conv))
-        assert c.completion_tokens == len(c.ids) > 0
 
 
 def test_lean_llama_decoder_equals_the_transformers_forward(engine):
@@ -116,43 +96,91 @@ def test_left_padded_batch_equals_one_by_one(engine):
     assert len({len(engine.protocol.prompt(c)) for c in CONVS}) > 1  # the batch really was padded
 
 
-def test_stops_at_end_of_turn(engine):
+@pytest.mark.parametrize("fast", PATHS)
+def test_stops_at_end_of_turn(engine, fast):
     eot = engine.protocol.end_of_turn_id
     words = engine.tokenizer.encode(" one two three")
-    e = scripted(engine, [*words, eot], after=words[0])
-    [c] = e.generate([CONVS[0]], SamplingParams(max_tokens=50, temperature=0))
-    assert c.finish_reason == "stop"
-    assert c.ids == [*words, eot] and c.completion_tokens == len(words) + 1
-    assert c.text == " one two three"
-    assert "".join(e.stream(CONVS[0], SamplingParams(max_tokens=50))) == " one two three"
+    e = scripted(engine, [*words, eot], after=words[0], fast=fast)  # after the end of turn it would go on talking
+    for params in (SamplingParams(max_tokens=50, temperature=0), SamplingParams(max_tokens=50, temperature=1.3, seed=1)):
+        [c] = e.generate([CONVS[0]], params)
+        assert (c.finish_reason, c.ids, c.text) == ("stop", [*words, eot], " one two three")
+        assert c.completion_tokens == len(words) + 1  # the scripted words, then the end-of-turn token
+    deltas = list(e.stream(CONVS[0], SamplingParams(max_tokens=50)))
+    assert "".join(deltas) == " one two three" and len(deltas) == len(words)
+    last = e.last_completion
+    assert (last.finish_reason, last.completion_tokens) == ("stop", len(words) + 1)
 
 
-def test_length_limit_when_the_model_never_stops(engine):
+@pytest.mark.parametrize("fast", PATHS)
+def test_end_of_turn_on_the_last_allowed_token_is_a_stop(engine, fast):
+    eot = engine.protocol.end_of_turn_id
+    words = engine.tokenizer.encode(" a b")
+    e = scripted(engine, [*words, eot], after=words[0], fast=fast)
+    [at, short] = e.generate([CONVS[0], CONVS[2]], [SamplingParams(max_tokens=len(words) + 1, temperature=0),
+                                                     SamplingParams(max_tokens=len(words), temperature=0)])
+    assert (at.finish_reason, at.ids, at.text) == ("stop", [*words, eot], " a b")
+    assert (short.finish_reason, short.ids, short.text) == ("length", words, " a b")
+
+
+@pytest.mark.parametrize("fast", PATHS)
+def test_length_limit_when_the_model_never_stops(engine, fast):
     word = engine.tokenizer.encode(" la")[0]
-    e = scripted(engine, [], after=word)
+    e = scripted(engine, [], after=word, fast=fast)
     [c] = e.generate([CONVS[0]], SamplingParams(max_tokens=7, temperature=0.7, seed=3))
-    assert (c.finish_reason, c.completion_tokens, c.text) == ("length", 7, " la" * 7)
+    assert (c.finish_reason, c.completion_tokens, c.ids, c.text) == ("length", 7, [word] * 7, " la" * 7)
+    deltas = list(e.stream(CONVS[1], SamplingParams(max_tokens=5)))
+    assert deltas == [" la"] * 5 and e.last_completion.finish_reason == "length"
 
 
-def test_stop_string_cuts_the_reply_and_is_never_streamed(engine):
+def first_prefix_containing(tokenizer, ids, needle) -> int:
+    """How many tokens it takes for the decoded text to contain `needle` (counted on decoded prefixes)."""
+    return next(k for k in range(1, len(ids) + 1) if needle in tokenizer.decode(ids[:k]))
+
+
+@pytest.mark.parametrize("fast", PATHS)
+def test_stop_string_cuts_the_reply_and_is_never_streamed(engine, fast):
+    tok, eot = engine.tokenizer, engine.protocol.end_of_turn_id
     text = "Sure. The answer is 4.\nUser: and more"
-    e = scripted(engine, engine.tokenizer.encode(text), after=engine.protocol.end_of_turn_id)
+    ids = tok.encode(text)
+    assert len(tok.encode("\nUser:")) > 1  # the stop string spans several tokens: text must be held back
+    e = scripted(engine, ids, after=eot, fast=fast)
     params = SamplingParams(max_tokens=100, temperature=0, stop=["\nUser:", "never"])
     [c] = e.generate([CONVS[0]], params)
-    assert c.finish_reason == "stop" and c.text == "Sure. The answer is 4."
+    k = first_prefix_containing(tok, ids, "\nUser:")  # the token that completes the stop string ends the row
+    assert (c.finish_reason, c.text, c.ids, c.completion_tokens) == ("stop", "Sure. The answer is 4.", ids[:k], k)
     deltas = list(e.stream(CONVS[0], params))
-    assert "".join(deltas) == c.text and not any("User" in d for d in deltas)
+    assert "".join(deltas) == c.text and len(deltas) > 1 and not any("\n" in d or "User" in d for d in deltas)
+    assert e.last_completion.completion_tokens == k
+    # a stop string whose start appears but which never completes: the held-back text is released in the end
+    near = SamplingParams(max_tokens=100, temperature=0, stop=["\nUser: X"])
+    [whole] = e.generate([CONVS[0]], near)
+    assert (whole.finish_reason, whole.text, whole.ids) == ("stop", text, [*ids, eot])
+    assert "".join(e.stream(CONVS[0], near)) == text
 
 
-def test_batch_rows_stop_independently(engine):
-    eot = engine.protocol.end_of_turn_id
-    short = scripted(engine, [engine.tokenizer.encode(" x")[0], eot])
-    out = short.generate([CONVS[0], CONVS[1]], [SamplingParams(max_tokens=5, temperature=0),
-                                                  SamplingParams(max_tokens=3, temperature=0)])
-    assert [c.finish_reason for c in out] == ["stop", "stop"] and [c.text for c in out] == [" x", " x"]
-    free = engine.generate(CONVS, [SamplingParams(max_tokens=n, temperature=0) for n in (3, 9, 5)])
-    assert [c.completion_tokens for c in free] == [min(n, len(c.ids)) for n, c in zip((3, 9, 5), free, strict=True)]
-    assert all(c.completion_tokens <= n for n, c in zip((3, 9, 5), free, strict=True))
+@pytest.mark.parametrize("fast", PATHS)
+def test_batch_rows_stop_independently(engine, fast):
+    tok, eot = engine.tokenizer, engine.protocol.end_of_turn_id
+    convs = [*CONVS, Conversation.of("Count to four.")]
+    replies = {"Hello there": " x", "Explain a dict": " one two three four five six seven",
+               "ünïcödé": "A dict maps keys.\nUser: more", "Count to four": " 1 2 3 4"}
+    script = {k: tok.encode(v) + [eot] for k, v in replies.items()}
+    e = scripted(engine, by_prompt(tok, script), fast=fast)
+    params = [SamplingParams(max_tokens=5, temperature=0), SamplingParams(max_tokens=3, temperature=0.8, seed=2),
+              SamplingParams(max_tokens=40, temperature=0, stop=["\nUser:"]), SamplingParams(max_tokens=40, temperature=0)]
+    out = e.generate(convs, params)
+    k = first_prefix_containing(tok, script["ünïcödé"], "\nUser:")
+    assert [c.finish_reason for c in out] == ["stop", "length", "stop", "stop"]
+    assert [c.text for c in out] == [" x", tok.decode(script["Explain a dict"][:3]), "A dict maps keys.", " 1 2 3 4"]
+    assert [c.ids for c in out] == [script["Hello there"], script["Explain a dict"][:3], script["ünïcödé"][:k],
+                                    script["Count to four"]]
+    assert [c.completion_tokens for c in out] == [2, 3, k, len(tok.encode(" 1 2 3 4")) + 1]
+    # the random model, free running: each row of the batch is what greedy decoding of that row alone gives
+    limits = (3, 9, 5)
+    free = path_engine(engine, fast).generate(CONVS, [SamplingParams(max_tokens=n, temperature=0) for n in limits])
+    reference = [engine.greedy_reference(c, n) for c, n in zip(CONVS, limits, strict=True)]
+    assert [c.ids for c in free] == reference
+    assert [c.completion_tokens for c in free] == [len(r) for r in reference]
 
 
 def test_seed_makes_sampling_reproducible_and_top_k_1_is_greedy(engine):
@@ -210,12 +238,24 @@ def test_streaming_never_splits_a_utf8_character(bundled_tokenizer_path, text, s
     assert "".join(deltas) == expected and not any("\ufffd" in d for d in deltas)
 
 
-def test_engine_stream_of_multibyte_text(engine):
+@pytest.mark.parametrize("fast", PATHS)
+def test_engine_stream_of_multibyte_text(engine, fast):
     text = "日本語 🙂 ünïcödé"
-    e = scripted(engine, engine.tokenizer.encode(text), after=engine.protocol.end_of_turn_id)
+    ids = engine.tokenizer.encode(text)
+    assert any(not _complete_utf8(engine.tokenizer.token_bytes(i)) for i in ids)  # some token holds part of a character
+    e = scripted(engine, ids, after=engine.protocol.end_of_turn_id, fast=fast)
     deltas = list(e.stream(CONVS[0], SamplingParams(max_tokens=100)))
     assert "".join(deltas) == text and len(deltas) > 3 and not any("\ufffd" in d for d in deltas)
-    assert e.last_completion.finish_reason == "stop"
+    last = e.last_completion
+    assert (last.finish_reason, last.completion_tokens) == ("stop", len(ids) + 1)
+
+
+def _complete_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 _TOKENIZERS = {}

@@ -11,7 +11,8 @@ import pytest
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
 
-from .test_engine import ScriptedLM, make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
+from .scripted import scripted
+from .test_engine import make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 from .test_serve import running
 
 CHROMIUM = "/usr/bin/chromium"
@@ -20,21 +21,13 @@ REPLY = "Hi! <b>bold?</b> <script>window.pwned=1</script> done 🙂"
 pytestmark = pytest.mark.browser
 
 
-class SlowScripted(ScriptedLM):
-    """Replies with REPLY, one token every 40 ms, so the stream is visible."""
-
-    def forward(self, *a, **kw):
-        time.sleep(0.04)
-        return super().forward(*a, **kw)
-
-
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory, bundled_tokenizer_path):
     if not shutil.which(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing")
     base = Engine.from_pretrained(make_tiny_model_dir(tmp_path_factory.mktemp("tiny-page"), bundled_tokenizer_path))
     script = base.tokenizer.encode(REPLY) + [base.protocol.end_of_turn_id]
-    engine = Engine(SlowScripted(base.model, script), base.protocol)
+    engine = scripted(base, script, delay=0.04)  # REPLY, one token every 40 ms, so the stream is visible
     app = create_app(engine, model_name="scripted")
     with running(app) as url:
         yield url, app
