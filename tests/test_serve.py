@@ -1,5 +1,7 @@
 """The OpenAI-compatible server on a real uvicorn over loopback, driven by the official `openai` client and raw HTTP:
-streaming and not, n>1, usage, stop, validation errors in OpenAI's shape, bounds, concurrency, API key, a free event loop."""
+streaming and not, n>1, usage, stop, validation errors in OpenAI's shape, bounds, concurrency, API key, a free event loop.
+Finish reasons and token counts are checked exactly against a scripted copy of the tiny model (tests/scripted.py) on
+both decoding paths (lean Llama decoder, transformers forward), and the random model against the engine run in-process."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
 
+from .scripted import PATHS, by_prompt, scripted
 from .test_engine import make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
 KEY = "sk-test-123"
@@ -57,56 +60,156 @@ def client(server):
 
 
 MSGS = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something about lists."}]
+LISTS = "Lists keep their items in order, and [1, 2] != [2, 1]."
+STOPPED = "Sure. The answer is 4.\nUser: and more"
+STOP_MSGS = [{"role": "user", "content": "What is 2+2?"}]
+WORDS = [" the", " and", " file", " list", " value", " data", " name", " return"]  # one token each, all different
 
 
-def test_non_streaming_with_usage(client, engine):
-    r = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=12, temperature=0)
-    [choice] = r.choices
-    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
-    prompt_len = len(engine.protocol.prompt(_conv(MSGS)))
-    assert r.usage.prompt_tokens == prompt_len
-    assert 0 < r.usage.completion_tokens <= 12 and r.usage.total_tokens == prompt_len + r.usage.completion_tokens
-    [local] = engine.generate([_conv(MSGS)], _greedy(12))
-    assert choice.message.content == local.text and r.usage.completion_tokens == local.completion_tokens
+def replies(tok, eot):
+    """What the scripted model answers: LISTS for MSGS, STOPPED for STOP_MSGS, and for "request i" the i-th word
+    repeated 3+i times then the end of turn (even i) or forever (odd i)."""
+    table = {"about lists": tok.encode(LISTS) + [eot], "What is 2+2?": tok.encode(STOPPED) + [eot]}
+    for i, w in enumerate(WORDS):
+        [word] = tok.encode(w)
+        table[f"request {i}"] = [word] * (3 + i) + [eot] if i % 2 == 0 else [word] * 100
+    return by_prompt(tok, table)
 
 
-def test_streaming_equals_non_streaming(client):
-    full = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=20, temperature=0)
-    stream = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=20, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
-    deltas, finish, usage = [], None, None
+@pytest.fixture(scope="module", params=PATHS)
+def scripted_server(request, engine):
+    """A server over a scripted copy of the tiny model, on the lean decoder and on the transformers forward."""
+    e = scripted(engine, replies(engine.tokenizer, engine.protocol.end_of_turn_id), fast=request.param)
+    app = create_app(e, model_name="scripted")
+    with running(app) as url:
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def scripted_client(scripted_server):
+    return openai.OpenAI(base_url=scripted_server[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def read_stream(stream):
+    """(text per choice, finish_reason per choice, usage, the content deltas) of a streamed response."""
+    texts, finish, usage, deltas = {}, {}, None, []
     for chunk in stream:
         if chunk.usage:
             usage = chunk.usage
         for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
             if c.delta.content:
                 deltas.append(c.delta.content)
-            finish = c.finish_reason or finish
-    assert "".join(deltas) == full.choices[0].message.content and len(deltas) > 1
-    assert finish == full.choices[0].finish_reason and usage.completion_tokens == full.usage.completion_tokens
+            if c.finish_reason:
+                assert c.index not in finish, "two finish reasons for one choice"
+                finish[c.index] = c.finish_reason
+    return texts, finish, usage, deltas
 
 
-def test_n_choices_seeds_and_usage(client):
+def test_non_streaming_stop_length_and_usage(scripted_client, engine):
+    tok = engine.tokenizer
+    ids = tok.encode(LISTS)
+    prompt_len = len(engine.protocol.prompt(_conv(MSGS)))
+    r = scripted_client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=40, temperature=0)
+    [choice] = r.choices
+    assert (choice.message.role, choice.message.content, choice.finish_reason) == ("assistant", LISTS, "stop")
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (
+        prompt_len, len(ids) + 1, prompt_len + len(ids) + 1)  # the reply's tokens and the end-of-turn token
+    cut = scripted_client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=len(ids), temperature=0.7)
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == (LISTS, "length")  # no room for the end
+    assert cut.usage.completion_tokens == len(ids)
+    short = scripted_client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=3)
+    assert (short.choices[0].message.content, short.choices[0].finish_reason) == (tok.decode(ids[:3]), "length")
+    assert short.usage.completion_tokens == 3
+
+
+def test_streaming_stop_and_length(scripted_client, engine):
+    ids = engine.tokenizer.encode(LISTS)
+    for max_tokens, reason, count in ((40, "stop", len(ids) + 1), (5, "length", 5)):
+        stream = scripted_client.chat.completions.create(model="scripted", messages=MSGS, max_tokens=max_tokens,
+                                                         temperature=0, stream=True, stream_options={"include_usage": True})
+        texts, finish, usage, deltas = read_stream(stream)
+        assert texts == {0: engine.tokenizer.decode(ids[:count])} and finish == {0: reason}
+        assert len(deltas) > 1 and usage.completion_tokens == count
+
+
+def test_stop_string_streaming_and_not(scripted_client, engine):
+    tok = engine.tokenizer
+    ids = tok.encode(STOPPED)
+    k = next(k for k in range(1, len(ids) + 1) if "\nUser:" in tok.decode(ids[:k]))  # tokens until the stop completes
+    cut = scripted_client.chat.completions.create(model="scripted", messages=STOP_MSGS, max_tokens=50, temperature=0,
+                                                  stop=["\nUser:", "never"])
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("Sure. The answer is 4.", "stop")
+    assert cut.usage.completion_tokens == k
+    stream = scripted_client.chat.completions.create(model="scripted", messages=STOP_MSGS, max_tokens=50, stream=True,
+                                                     stop="\nUser:", n=2, stream_options={"include_usage": True})
+    texts, finish, usage, deltas = read_stream(stream)
+    assert texts == {0: "Sure. The answer is 4.", 1: "Sure. The answer is 4."} and finish == {0: "stop", 1: "stop"}
+    assert not any("\n" in d or "User" in d for d in deltas) and usage.completion_tokens == 2 * k
+    plain = scripted_client.chat.completions.create(model="scripted", messages=STOP_MSGS, max_tokens=50, stop="never")
+    assert (plain.choices[0].message.content, plain.choices[0].finish_reason) == (STOPPED, "stop")
+    assert plain.usage.completion_tokens == len(ids) + 1
+
+
+def test_eight_simultaneous_requests_get_their_own_outcome(scripted_server, scripted_client, engine):
+    results, errors = {}, []
+
+    def one(i):
+        try:
+            results[i] = scripted_client.chat.completions.create(
+                model="scripted", messages=[{"role": "user", "content": f"request {i}"}], max_tokens=5 + i,
+                temperature=0.8, seed=i)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    scheduler = scripted_server[1].state.scheduler
+    scheduler.largest_batch = 0
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and sorted(results) == list(range(8))
+    assert scheduler.largest_batch > 1  # requests were decoded together, and each row still got its own reply
+    for i, r in results.items():
+        [choice] = r.choices
+        if i % 2 == 0:  # 3+i words then the end of turn, within 5+i tokens
+            assert (choice.message.content, choice.finish_reason, r.usage.completion_tokens) == (WORDS[i] * (3 + i), "stop", 4 + i)
+        else:  # never ends its turn: cut at max_tokens
+            assert (choice.message.content, choice.finish_reason, r.usage.completion_tokens) == (WORDS[i] * (5 + i), "length", 5 + i)
+
+
+def test_random_model_answers_like_the_engine_itself(client, engine):
+    r = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=12, temperature=0)
+    [local] = engine.generate([_conv(MSGS)], _greedy(12))
+    [choice] = r.choices
+    assert (choice.message.content, choice.finish_reason) == (local.text, local.finish_reason)
+    assert r.usage.completion_tokens == len(local.ids) and r.usage.prompt_tokens == len(engine.protocol.prompt(_conv(MSGS)))
+    stream = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=20, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    texts, finish, usage, _ = read_stream(stream)
+    [local] = engine.generate([_conv(MSGS)], _greedy(20))
+    assert (texts, finish, usage.completion_tokens) == ({0: local.text}, {0: local.finish_reason}, len(local.ids))
+
+
+def test_n_choices_seeds_and_usage(client, engine):
+    from chatloom.engine import SamplingParams
+
     r = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=10, temperature=1.0, n=3, seed=11)
     assert [c.index for c in r.choices] == [0, 1, 2]
-    again = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=10, temperature=1.0, n=3, seed=11)
-    assert [c.message.content for c in r.choices] == [c.message.content for c in again.choices]
+    local = engine.generate([_conv(MSGS)] * 3, [SamplingParams(max_tokens=10, temperature=1.0, seed=11 + i) for i in range(3)])
+    assert [c.message.content for c in r.choices] == [c.text for c in local]  # choice i samples with seed + i
+    assert [c.finish_reason for c in r.choices] == [c.finish_reason for c in local]
     assert len({c.message.content for c in r.choices}) > 1
-    assert r.usage.completion_tokens > 10  # three choices counted
+    assert r.usage.completion_tokens == sum(len(c.ids) for c in local)  # all three choices counted
     stream = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=10, temperature=1.0, n=3, seed=11,
                                             stream=True)
-    texts = ["", "", ""]
-    for chunk in stream:
-        for c in chunk.choices:
-            texts[c.index] += c.delta.content or ""
-    assert texts == [c.message.content for c in r.choices]
+    texts, finish, _, _ = read_stream(stream)
+    assert texts == dict(enumerate(c.message.content for c in r.choices))
+    assert finish == dict(enumerate(c.finish_reason for c in r.choices))
 
 
-def test_stop_models_and_health(client, server):
-    full = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=20, temperature=0).choices[0].message.content
-    stop = full[3:6]
-    cut = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=20, temperature=0, stop=[stop])
-    assert cut.choices[0].message.content == full[:full.find(stop)] and cut.choices[0].finish_reason == "stop"
+def test_models_and_health(client, server):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     assert httpx.get(server[0] + "/health").json()["status"] == "ok"
 
@@ -144,27 +247,6 @@ def test_malformed_and_oversized_bodies(server, client):
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.chat.completions.create(model="tiny", messages=MSGS, temperature=9)
-
-
-def test_eight_simultaneous_requests_all_complete_and_are_batched(server, client):
-    results, errors = {}, []
-
-    def one(i):
-        try:
-            r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"request {i}"}],
-                                               max_tokens=24, temperature=0.8, seed=i)
-            results[i] = r
-        except Exception as e:  # reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors and sorted(results) == list(range(8))
-    assert all(r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens > 0 for r in results.values())
-    assert server[1].state.scheduler.largest_batch > 1
 
 
 def test_event_loop_stays_free_during_a_long_generation(engine):
@@ -206,7 +288,8 @@ def test_a_client_that_goes_away_frees_its_rows(engine):
 
 
 def test_api_key_is_enforced(engine):
-    with running(create_app(engine, api_key=KEY, model_name="tiny")) as url:
+    e = scripted(engine, replies(engine.tokenizer, engine.protocol.end_of_turn_id))
+    with running(create_app(e, api_key=KEY, model_name="tiny")) as url:
         wrong = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError, match="Incorrect API key"):
             wrong.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2)
@@ -215,7 +298,8 @@ def test_api_key_is_enforced(engine):
         assert httpx.get(url + "/v1/models").status_code == 401
         assert httpx.get(url + "/v1/models").json()["error"]["code"] == "invalid_api_key"
         good = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
-        assert good.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2).usage.completion_tokens > 0
+        r = good.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2)
+        assert r.choices[0].message.content == engine.tokenizer.decode(engine.tokenizer.encode(LISTS)[:2])
         assert httpx.get(url + "/health").status_code == 200
 
 
@@ -270,7 +354,9 @@ def test_serve_command_end_to_end(tmp_path, bundled_tokenizer_path):
                 time.sleep(0.2)
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         assert [m.id for m in c.models.list().data] == ["cli-model"]
-        assert c.chat.completions.create(model="cli-model", messages=MSGS, max_tokens=3).usage.completion_tokens > 0
+        r = c.chat.completions.create(model="cli-model", messages=MSGS, max_tokens=3, temperature=0)
+        [local] = Engine.from_pretrained(model).generate([_conv(MSGS)], _greedy(3))  # the same directory, in-process
+        assert (r.choices[0].message.content, r.usage.completion_tokens) == (local.text, len(local.ids))
         assert "<textarea" in httpx.get(url + "/").text
     finally:
         proc.terminate()
