@@ -271,8 +271,9 @@ def test_event_loop_stays_free_during_a_long_generation(engine):
     assert still_running and health_seconds < 1.0
 
 
-def test_a_client_that_goes_away_frees_its_rows(engine):
-    endless = Engine(engine.model, engine.protocol)
+@pytest.mark.parametrize("fast", PATHS)
+def test_a_client_that_goes_away_frees_its_rows(engine, fast):
+    endless = Engine(engine.model, engine.protocol, fast=fast)
     endless.stop_ids = set()
     with running(create_app(endless, model_name="endless")) as url:
         body = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 500, "stream": True}
