@@ -3,7 +3,6 @@ the token view toggle, and user/model text containing <script> shown as text. Sa
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
@@ -11,11 +10,11 @@ import pytest
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
 
+from .conftest import CHROMIUM, require_chromium
 from .scripted import scripted
 from .test_engine import make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 from .test_serve import running
 
-CHROMIUM = "/usr/bin/chromium"
 REPLY = "Hi! <b>bold?</b> <script>window.pwned=1</script> done 🙂"
 
 pytestmark = pytest.mark.browser
@@ -23,8 +22,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory, bundled_tokenizer_path):
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing")
+    require_chromium()
     base = Engine.from_pretrained(make_tiny_model_dir(tmp_path_factory.mktemp("tiny-page"), bundled_tokenizer_path))
     script = base.tokenizer.encode(REPLY) + [base.protocol.end_of_turn_id]
     engine = scripted(base, script, delay=0.04)  # REPLY, one token every 40 ms, so the stream is visible
