@@ -32,7 +32,7 @@ class Settings:
     sft_batch_size: int = 8  # the conversation set is small: more, smaller steps learn more in the same time
     pretrain_lr: float = 2e-3
     sft_lr: float = 7e-4
-    max_tokens: int = 64
+    max_tokens: int = 64  # the held-out references are up to 37 tokens: a lower limit cuts right answers short
     heldout_limit: int = 0  # 0: the whole held-out set
     train_limit: int = 0  # 0: the whole training set
     fixed_plan: budget.Plan | None = None
@@ -41,7 +41,7 @@ class Settings:
 
     @classmethod
     def tiny(cls) -> Settings:
-        return cls(config="tiny", seq_len=128, batch_size=8, sft_batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=24,
+        return cls(config="tiny", seq_len=128, batch_size=8, sft_batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=64,
                    heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 150), corpus_chars=200_000,
                    replay_every=0)
 
