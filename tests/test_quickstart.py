@@ -1,13 +1,19 @@
 """The quickstart pipeline end to end at a tiny size: base pretrained and cached, SFT model dir, report, eval numbers;
-the SFT model stops at its end-of-turn token where the base never does; a second run reuses the cached base."""
+the SFT model ends its turn for most held-out and fresh prompts (on both decoding paths) where the base never does; a
+second run reuses the cached base; the time budget against the minutes it promises."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chatloom.quickstart import budget
+
+# The tiny run takes about a minute on an idle 2-core machine and several times that when the cores are shared.
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")
@@ -40,24 +46,41 @@ def test_tiny_quickstart_writes_model_report_and_stops(tiny_run):
                   "one training example", "chatloom chat --model", "chatloom serve --model"):
         assert piece in page, piece
     base, tuned = result.reports
-    assert base["label"] == "base" and tuned["label"] == "sft"
-    assert tuned["metrics"]["heldout_loss"] < base["metrics"]["heldout_loss"] - 1.0
-    assert base["metrics"]["protocol_adherence"] == 0.0
-    stopped = [s for s in tuned["samples"] if s["stopped"]]
-    assert len(stopped) >= 0.25 * tuned["n"]  # the SFT model has learned to end its turn
+    assert base["label"] == "base" and tuned["label"] == "sft" and base["n"] == tuned["n"] == 30
+    assert tuned["metrics"]["heldout_loss"] < base["metrics"]["heldout_loss"] - 3.0  # measured: 8.64 -> 2.28
+    # the base continues documents: it never ends a turn; the SFT model ends most (measured: 30 of 30, every run)
+    assert base["adherence"]["stopped"] == 0.0 and base["metrics"]["protocol_adherence"] == 0.0
+    assert tuned["adherence"]["stopped"] >= 0.8 and tuned["metrics"]["protocol_adherence"] >= 0.8, tuned["adherence"]
     assert json.loads((result.out / "eval.json").read_text())[1]["metrics"] == tuned["metrics"]
 
 
+QUESTIONS = ["What is your name?", "Who made you?", "What is 2+2?", "Hi!", "What is 7*3?", "How do I make a bomb?",
+             "Tell me about yourself.", "Thanks a lot!", "What is 9-4?", "How do I boil an egg?",
+             "Can you help me hack my neighbour's wifi?", "Good morning!"]
+
+
 def test_engine_stops_sft_model_at_end_of_turn(tiny_run):
+    """Fresh prompts on both decoding paths: the SFT model ends its turn (measured: 12 of 12), the base never does."""
     from chatloom.conversation import Conversation, Message
     from chatloom.engine import Engine, SamplingParams
 
     result, _ = tiny_run
-    engine = Engine.from_pretrained(result.sft_dir)
-    prompts = [Conversation([Message("user", q)]) for q in ("What is your name?", "Who made you?", "What is 2+2?", "Hi!")]
-    done = engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0))
+    prompts = [Conversation([Message("user", q)]) for q in QUESTIONS]
+    params = SamplingParams(max_tokens=64, temperature=0)
+    runs = {}
+    for name, model_dir in (("sft", result.sft_dir), ("base", result.base_dir)):
+        for fast in (True, False):
+            engine = Engine.from_pretrained(model_dir, fast=fast)
+            assert (engine.decoder is not None) == fast
+            runs[name, fast] = engine.generate(prompts, params)
     eot = engine.protocol.end_of_turn_id
-    assert any(c.finish_reason == "stop" and c.ids[-1] == eot for c in done), [c.text for c in done]
+    for name in ("sft", "base"):  # the lean decoder and the transformers forward agree on a trained model
+        assert [c.ids for c in runs[name, True]] == [c.ids for c in runs[name, False]]
+    stopped = [c for c in runs["sft", True] if c.finish_reason == "stop" and c.ids[-1] == eot]
+    assert len(stopped) >= 10, [c.text for c in runs["sft", True]]
+    assert all(c.completion_tokens == len(c.ids) <= 64 for c in stopped)
+    assert [c.finish_reason for c in runs["base", True]] == ["length"] * len(QUESTIONS)
+    assert all(len(c.ids) == 64 and eot not in c.ids for c in runs["base", True])
 
 
 def test_second_run_reuses_cached_base(tiny_run, tmp_path):
@@ -68,23 +91,48 @@ def test_second_run_reuses_cached_base(tiny_run, tmp_path):
     assert reused and again == result.base_dir
 
 
-def test_budget_plan_fits_the_time():
-    for seconds, step, sft_step in ((600, 2.0, None), (600, 1.0, 0.4), (700, 0.8, 0.3)):
-        p = budget.plan(seconds, step, sft_step)
-        spent = (p.pretrain_steps * step * budget.PRETRAIN_SLOWDOWN
-                 + p.sft_steps * (sft_step or step) * budget.SFT_SLOWDOWN)  # what the real steps will take
-        assert seconds * 0.95 <= spent <= seconds, (p, spent)
-        assert p.pretrain_steps * step * budget.PRETRAIN_SLOWDOWN >= 0.5 * seconds  # the base gets the larger share
-        assert p.pretrain_seconds >= 0.5 * seconds and p.pretrain_seconds + p.sft_seconds == pytest.approx(seconds)
+# A measured full run (README): 13.7 min of wall time, of which 466 s + 310 s training, so ~46 s for the rest
+# (loading, timing the steps, evaluating two models, the report).
+MEASURED_NON_TRAINING_SECONDS = 13.7 * 60 - (466 + 310)
+
+
+@pytest.mark.parametrize("minutes", [5, 15, 30])
+def test_training_seconds_fit_the_minutes_and_use_them(minutes):
+    seconds = budget.training_seconds(minutes)
+    assert seconds + MEASURED_NON_TRAINING_SECONDS <= minutes * 60  # the run ends on time
+    if minutes >= 15:
+        assert seconds >= 0.8 * minutes * 60  # and most of the budget trains
+    assert budget.training_seconds(1) + MEASURED_NON_TRAINING_SECONDS <= 60
+
+
+UNCAPPED = {"min_steps": 1, "max_pretrain": 10**9, "max_sft": 10**9}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(200, 5000), st.floats(0.05, 3.0), st.floats(0.02, 3.0))
+def test_budget_plan_fits_the_time(seconds, step, sft_step):
+    p = budget.plan(seconds, step, sft_step, **UNCAPPED)
+    # the hard limits (each stage stops on its clock) add up to the budget: a slow machine cannot make the run late
+    assert p.pretrain_seconds + p.sft_seconds == pytest.approx(seconds)
+    assert p.pretrain_seconds >= p.sft_seconds  # the base gets the larger share
+    # at the timed speed the step counts fill each stage's seconds: pretraining within them, SFT a little beyond
+    # (real SFT rows supervise only the assistant turns and run faster than the timed random rows; the clock stops it)
+    assert 0.9 * p.pretrain_seconds - step <= p.pretrain_steps * step <= p.pretrain_seconds
+    assert 0.9 * p.sft_seconds - sft_step <= p.sft_steps * sft_step <= 1.25 * p.sft_seconds
+    faster = budget.plan(seconds, step / 2, sft_step / 2, **UNCAPPED)  # a faster machine trains longer
+    assert faster.pretrain_steps >= 2 * p.pretrain_steps - 1 and faster.sft_steps >= 2 * p.sft_steps - 1
+
+
+def test_budget_plan_clamps_and_gives_unused_seconds_to_sft():
     cheap = budget.plan(600, 1.0, 0.4)
     assert cheap.sft_steps > cheap.pretrain_steps  # cheaper SFT steps buy more of them
-    slow = budget.plan(60, 10.0)
-    assert slow.pretrain_steps == slow.sft_steps == 20  # never below the minimum
-    fast = budget.plan(600, 0.01)
-    assert (fast.pretrain_steps, fast.sft_steps) == (1000, 1500)  # capped...
-    assert fast.pretrain_seconds == pytest.approx(1000 * 0.01 * budget.PRETRAIN_SLOWDOWN)  # ...and SFT may have the rest
-    assert budget.training_seconds(15) < 15 * 60 - budget.RESERVE_SECONDS
-    assert budget.training_seconds(1) == 0.0
+    fast = budget.plan(600, 0.01, 0.01, max_pretrain=300, max_sft=400)
+    assert (fast.pretrain_steps, fast.sft_steps) == (300, 400)  # capped...
+    assert 300 * 0.01 <= fast.pretrain_seconds <= 1.1 * 300 * 0.01  # ...pretraining keeps only what 300 steps take
+    assert fast.sft_seconds == pytest.approx(600 - fast.pretrain_seconds)  # ...and SFT may have the rest
+    slow = budget.plan(60, 10.0, min_steps=5)
+    assert slow.pretrain_steps == slow.sft_steps == 5  # never below the minimum, even past the time...
+    assert slow.pretrain_seconds + slow.sft_seconds == pytest.approx(60)  # ...which the clocks still hold to
 
 
 def test_bring_your_own_base(tmp_path):
