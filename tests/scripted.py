@@ -37,15 +37,12 @@ class Script:
         self.rows: list[list[int]] | None = None  # the script of each active row, in the engine's row order
         self.last: list[int | None] = []  # the token forced on each active row at the previous step (None: not forced)
         self.step = 0
-        self.prompt_texts: list[str] = []  # every prompt seen at prefill, for tests that check what the model was given
         model.get_input_embeddings().register_forward_pre_hook(self._inputs)
         model.get_output_embeddings().register_forward_hook(self._logits)
 
     def script_for(self, prompt_ids: list[int]) -> list[int]:
         if callable(self.reply):
-            text = self.tokenizer.decode(prompt_ids)
-            self.prompt_texts.append(text)
-            return list(self.reply(text))
+            return list(self.reply(self.tokenizer.decode(prompt_ids)))
         return list(self.reply)
 
     # ---------------------------------------------------------------------------------------------------- hooks
