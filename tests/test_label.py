@@ -8,7 +8,6 @@ import os
 import re
 
 import pytest
-from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,57 +15,14 @@ from sqlalchemy import select, text
 
 from chatloom.label import auth, service, transfer
 from chatloom.label.app import create_app
-from chatloom.label.db import Database, current_revision, migrate
+from chatloom.label.db import Database, current_revision, head_revision, migrate
 from chatloom.label.editdistance import levenshtein, normalized
 from chatloom.label.models import Base, Message, Review, Task
 
-from .label_live import csrf_of, login, post_form
+from .label_live import PW, csrf_of, login, post_form, user
 
-PW = "correct horse battery"
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("CHATLOOM_TEST_PG") else [])
+pytest_plugins = ["tests.label_live"]  # the database fixtures: db_url, db, people, cheap hashing
 
-
-@pytest.fixture(autouse=True)
-def cheap_hashing(monkeypatch):
-    monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-
-
-def fresh_pg(url: str) -> str:
-    from chatloom.label.db import make_engine
-
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'label.db'}"
-    return fresh_pg(os.environ["CHATLOOM_TEST_PG"])
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def people(db):
-    with db.session() as s:
-        ids = {name: auth.add_user(s, name, role, PW).id for name, role in
-               [("ada", "admin"), ("lee", "labeler"), ("max", "labeler"), ("kim", "labeler"), ("rev", "reviewer")]}
-    return ids
-
-
-def user(s, name):
-    from chatloom.label.models import User
-    return s.scalar(select(User).where(User.name == name))
 
 
 def new_project(db, name="p", **kw):
@@ -100,7 +56,7 @@ def test_migrations_create_exactly_the_models_and_are_idempotent(db):
     from alembic.migration import MigrationContext
 
     migrate(db.engine)  # second run: nothing to do
-    assert current_revision(db.engine) == "0001"
+    assert current_revision(db.engine) == head_revision()
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -350,10 +306,10 @@ def test_labeler_cannot_review_own_message_over_http(app, db):
     submit_prompt(lee, pid, "a prompt by lee")
     with db.session() as s:
         mid = s.scalar(select(Message.id))
-    r = lee.get(f"/messages/{mid}/review")
+    r = post_form(lee, f"/messages/{mid}", f"/messages/{mid}/review", {})
     assert r.status_code == 403 and "own message" in r.text
     max_ = client_for(app, "max")
-    r = max_.get(f"/messages/{mid}/review")
+    r = post_form(max_, f"/messages/{mid}", f"/messages/{mid}/review", {})
     assert r.status_code == 303
     task_url = r.headers["location"]
     assert post_form(max_, task_url, task_url, {"quality": "5", "helpful": "on"}).status_code == 303
@@ -554,7 +510,7 @@ def test_label_serve_migrates_and_serves(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
     served = Database(f"sqlite:///{db_file}", run_migrations=False)
-    assert current_revision(served.engine) == "0001"
+    assert current_revision(served.engine) == head_revision()
     served.dispose()
 
 

@@ -355,6 +355,11 @@ def create_app(database: Database | str, *, secure_cookies: bool = False,
                         children=list(s.scalars(select(Message).where(Message.parent_id == message_id))))
 
     @app.get("/messages/{message_id}/review")
+    def review_message_link(message_id: int):
+        """Old links land on the message page; opening a review task is a POST (a GET never changes anything)."""
+        return RedirectResponse(f"/messages/{message_id}", status_code=303)
+
+    @app.post("/messages/{message_id}/review")
     def review_message(request: Request, message_id: int):
         with db.session() as s:
             user = current_user(s, request)

@@ -93,6 +93,27 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         conn.commit()
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to `revision` (each migration's downgrade keeps the rows it can)."""
+    from alembic import command
+
+    cfg = alembic_config(engine)
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Row, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from . import editdistance
@@ -51,7 +52,12 @@ class Conflict(LabelError):
 
 
 class NotFound(LabelError):
-    pass
+    """No such row (or not visible to this user); HTTP 404."""
+
+
+# Reviews and rankings that count: not withdrawn, not superseded by a newer one from the same person.
+CURRENT_REVIEW = Review.deleted.is_(False) & Review.superseded.is_(False)
+CURRENT_RANKING = Ranking.deleted.is_(False) & Ranking.superseded.is_(False)
 
 
 # ------------------------------------------------------------------------------------------------------------ projects
@@ -194,12 +200,12 @@ def load_state(db: DbSession, project_id: int) -> ProjectState:
     reviewers: dict[int, set[int]] = defaultdict(set)
     for mid, uid in db.execute(select(Review.message_id, Review.reviewer_id).join(Message, Message.id == Review.message_id)
                                .join(Tree, Tree.id == Message.tree_id)
-                               .where(Tree.project_id == project_id, Review.deleted.is_(False))):
+                               .where(Tree.project_id == project_id, CURRENT_REVIEW)):
         reviewers[mid].add(uid)
     rankers: dict[int, set[int]] = defaultdict(set)
     for pid, uid in db.execute(select(Ranking.parent_id, Ranking.ranker_id).join(Message, Message.id == Ranking.parent_id)
                                .join(Tree, Tree.id == Message.tree_id)
-                               .where(Tree.project_id == project_id, Ranking.deleted.is_(False))):
+                               .where(Tree.project_id == project_id, CURRENT_RANKING)):
         rankers[pid].add(uid)
     state = ProjectState(messages, children, Counter(m.tree_id for m in msgs), reviewers, rankers, open_tasks)
     for t in open_tasks:
@@ -379,14 +385,35 @@ def submit_review(db: DbSession, task: Task, user: User, quality: int, flags: di
     can_review(user, message)
     if not isinstance(quality, int) or not 1 <= quality <= 5:
         raise LabelError("quality must be 1 to 5")
+    _refuse_second_review(db, user, message.id)
     _close(db, task, user)
     review = Review(message_id=message.id, reviewer_id=user.id, task_id=task.id, quality=quality,
                     comment=(comment or "").strip() or None, time_spent_s=_elapsed(task),
                     instruction_version=task.instruction_version,
                     **{k: bool(flags.get(k, False)) for k in REVIEW_FLAGS})
     db.add(review)
-    db.flush()
+    _flush_unique(db, f"you have already reviewed message {message.id}")
     return review
+
+
+def _flush_unique(db: DbSession, message: str) -> None:
+    """Flush; a unique index refusing the row (two submissions racing past the check) is a Conflict."""
+    try:
+        db.flush()
+    except IntegrityError:
+        db.rollback()
+        raise Conflict(f"{message}; nothing was saved twice") from None
+
+
+def existing_review(db: DbSession, user: User, message_id: int) -> Review | None:
+    return db.scalar(select(Review).where(Review.message_id == message_id, Review.reviewer_id == user.id,
+                                          CURRENT_REVIEW))
+
+
+def _refuse_second_review(db: DbSession, user: User, message_id: int) -> None:
+    if (done := existing_review(db, user, message_id)) is not None:
+        raise Conflict(f"you have already reviewed message {message_id} (review #{done.id}); one review per person "
+                       "and message")
 
 
 def review_task_for(db: DbSession, user: User, message_id: int) -> Task:
@@ -395,6 +422,7 @@ def review_task_for(db: DbSession, user: User, message_id: int) -> Task:
     if message is None or message.deleted:
         raise NotFound(f"no message {message_id}")
     can_review(user, message)
+    _refuse_second_review(db, user, message_id)
     project_id = db.get(Tree, message.tree_id).project_id
     task = db.scalar(select(Task).where(Task.user_id == user.id, Task.kind == "review", Task.target_id == message_id,
                                         Task.status == "open"))
@@ -417,11 +445,14 @@ def submit_ranking(db: DbSession, task: Task, user: User, order: list[int]) -> R
         if set(order) < ids:
             raise Conflict("a new reply was added while you were ranking; please rank again")
         raise LabelError("the ranking must order every reply exactly once")
+    if (done := db.scalar(select(Ranking).where(Ranking.parent_id == task.target_id, Ranking.ranker_id == user.id,
+                                                 CURRENT_RANKING))) is not None:
+        raise Conflict(f"you have already ranked the replies to message {task.target_id} (ranking #{done.id})")
     _close(db, task, user)
     ranking = Ranking(parent_id=task.target_id, ranker_id=user.id, task_id=task.id, order=list(order),
                       time_spent_s=_elapsed(task), instruction_version=task.instruction_version)
     db.add(ranking)
-    db.flush()
+    _flush_unique(db, f"you have already ranked the replies to message {task.target_id}")
     return ranking
 
 
@@ -480,11 +511,11 @@ def labeler_stats(db: DbSession) -> list[dict]:
     users = list(db.scalars(select(User).order_by(User.name)))
     done = Counter({uid: n for uid, n in db.execute(select(Task.user_id, func.count()).where(Task.status == "done")
                                                     .group_by(Task.user_id))})
-    reviews = list(db.scalars(select(Review).where(Review.deleted.is_(False))))
+    reviews = list(db.scalars(select(Review).where(CURRENT_REVIEW)))
     by_message: dict[int, list[Review]] = defaultdict(list)
     for r in reviews:
         by_message[r.message_id].append(r)
-    rankings = list(db.scalars(select(Ranking).where(Ranking.deleted.is_(False))))
+    rankings = list(db.scalars(select(Ranking).where(CURRENT_RANKING)))
     by_parent: dict[int, list[Ranking]] = defaultdict(list)
     for r in rankings:
         by_parent[r.parent_id].append(r)

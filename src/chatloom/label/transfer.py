@@ -21,7 +21,7 @@ from ..conversation import Conversation, Rejects, ValidationError
 from ..conversation import Message as ConvMessage
 from . import editdistance
 from .models import Message, Project, Ranking, Review, Tree
-from .service import current_instructions
+from .service import CURRENT_RANKING, CURRENT_REVIEW, current_instructions
 
 
 @dataclass
@@ -160,10 +160,10 @@ def export_project(db: DbSession, project: Project, threads: str = "best",
         children[m.parent_id].append(m.id)
     ids = list(by_id)
     reviews: dict[int, list[Review]] = defaultdict(list)
-    for r in db.scalars(select(Review).where(Review.message_id.in_(ids), Review.deleted.is_(False))):
+    for r in db.scalars(select(Review).where(Review.message_id.in_(ids), CURRENT_REVIEW)):
         reviews[r.message_id].append(r)
     rankings: dict[int, list[Ranking]] = defaultdict(list)
-    for r in db.scalars(select(Ranking).where(Ranking.parent_id.in_(ids), Ranking.deleted.is_(False))):
+    for r in db.scalars(select(Ranking).where(Ranking.parent_id.in_(ids), CURRENT_RANKING)):
         rankings[r.parent_id].append(r)
     score: dict[int, float] = {}
     for rs in rankings.values():
