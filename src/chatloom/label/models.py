@@ -68,7 +68,8 @@ class Project(Base):
     protocol: Mapped[str] = mapped_column(String(32), default="chatml")
     tokenizer_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
-    draft_base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    draft_endpoint: Mapped[str | None] = mapped_column(String(64), nullable=True)  # an operator endpoint, by name
+    draft_base_url: Mapped[str | None] = mapped_column(Text, nullable=True)  # typed by an admin: sent no key
     draft_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
     replies_per_prompt: Mapped[int] = mapped_column(Integer, default=2)
     reviews_per_message: Mapped[int] = mapped_column(Integer, default=1)

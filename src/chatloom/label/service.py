@@ -17,9 +17,10 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
-from . import editdistance
+from . import editdistance, project_settings
 from .models import Instructions, Message, Project, Ranking, Review, Task, Tree, User, now
 
+SettingsPolicy = project_settings.SettingsPolicy
 DEFAULT_INSTRUCTIONS = Path(__file__).parent / "instructions" / "default.md"
 TASK_TTL = timedelta(hours=1)
 MAX_TEXT = 50_000
@@ -37,6 +38,13 @@ NEXT_ORDER = {
 }
 KIND_TITLES = {"prompt": "Write an initial prompt", "reply": "Write the assistant's reply",
                "followup": "Write the user's follow-up", "review": "Review a message", "rank": "Rank the replies"}
+KIND_HELP = {
+    "prompt": "start a new conversation: write what a user would ask",
+    "reply": "answer a user's message as the ideal assistant (a model draft can get you started)",
+    "followup": "continue a conversation as the user, after the assistant's reply",
+    "review": "rate one message: quality 1-5 and flags (spam, PII, should have refused ...)",
+    "rank": "order the replies to one prompt from best to worst",
+}
 
 
 class LabelError(ValueError):
@@ -67,28 +75,22 @@ def default_instructions() -> str:
     return DEFAULT_INSTRUCTIONS.read_text(encoding="utf-8")
 
 
-def create_project(db: DbSession, name: str, *, creator: User | None = None, protocol: str = "chatml",
-                   tokenizer_path: str | None = None, instructions: str | None = None, system_prompt: str | None = None,
-                   draft_base_url: str | None = None, draft_model: str | None = None, replies_per_prompt: int = 2,
-                   reviews_per_message: int = 1, rankings_per_prompt: int = 1, max_depth: int = 3) -> Project:
-    from ..protocols import NAMES
-
-    name = name.strip()
+def create_project(db: DbSession, name: str, *, creator: User | None = None, instructions: str | None = None,
+                   policy: SettingsPolicy | None = None, **settings) -> Project:
+    """A new project with the default instructions (or `instructions`) as version 1. `settings` are the keys of
+    `PROJECT_SETTINGS`, checked (against the operator's `policy` when an admin chose them on a page)."""
+    name = (name or "").strip()
     if not name or len(name) > 128:
         raise LabelError("project name must be 1-128 characters")
-    if protocol not in NAMES or protocol == "hf" and not tokenizer_path:
-        raise LabelError(f"protocol must be one of {', '.join(NAMES)} ('hf' needs a tokenizer path with a template)")
+    defaults = {"protocol": "chatml", "replies_per_prompt": 2, "reviews_per_message": 1, "rankings_per_prompt": 1,
+                "max_depth": 3}
+    try:
+        values = {**defaults, **project_settings.clean({**defaults, **settings}, {}, policy)}
+    except project_settings.SettingsError as e:
+        raise LabelError(str(e)) from None
     if db.scalar(select(Project).where(Project.name == name)) is not None:
         raise Conflict(f"a project named {name!r} already exists")
-    for key, value in (("replies per prompt", replies_per_prompt), ("reviews per message", reviews_per_message),
-                       ("rankings per prompt", rankings_per_prompt), ("max depth", max_depth)):
-        if not 1 <= value <= 20:
-            raise LabelError(f"{key} must be between 1 and 20")
-    project = Project(name=name, protocol=protocol, tokenizer_path=tokenizer_path or None,
-                      system_prompt=system_prompt or None, draft_base_url=draft_base_url or None,
-                      draft_model=draft_model or None, replies_per_prompt=replies_per_prompt,
-                      reviews_per_message=reviews_per_message, rankings_per_prompt=rankings_per_prompt,
-                      max_depth=max_depth, created_by=creator.id if creator else None)
+    project = Project(name=name, created_by=creator.id if creator else None, **values)
     db.add(project)
     db.flush()
     db.add(Instructions(project_id=project.id, version=1, markdown=instructions or default_instructions(),
@@ -97,31 +99,22 @@ def create_project(db: DbSession, name: str, *, creator: User | None = None, pro
     return project
 
 
-PROJECT_SETTINGS = ("protocol", "tokenizer_path", "system_prompt", "draft_base_url", "draft_model", "replies_per_prompt",
-                    "reviews_per_message", "rankings_per_prompt", "max_depth")
+PROJECT_SETTINGS = project_settings.FIELDS
 
 
-def update_project(db: DbSession, project_id: int, user: User, **settings) -> Project:
+def update_project(db: DbSession, project_id: int, user: User, *, policy: SettingsPolicy | None = None,
+                   **settings) -> Project:
     """Change a project's settings (admin only); trees already written keep the system prompt they were written with."""
-    from ..protocols import NAMES
-
     if user.role != "admin":
         raise Forbidden("only admins change projects")
     project = get_project(db, project_id)
-    unknown = set(settings) - set(PROJECT_SETTINGS)
-    if unknown:
-        raise LabelError(f"unknown project setting(s) {sorted(unknown)}")
-    if "protocol" in settings and settings["protocol"] not in NAMES:
-        raise LabelError(f"protocol must be one of {', '.join(NAMES)}")
-    for key, value in settings.items():
-        if key in ("replies_per_prompt", "reviews_per_message", "rankings_per_prompt", "max_depth"):
-            if not isinstance(value, int) or not 1 <= value <= 20:
-                raise LabelError(f"{key.replace('_', ' ')} must be between 1 and 20")
-        elif isinstance(value, str):
-            value = value.strip() or None
+    current = {key: getattr(project, key) for key in PROJECT_SETTINGS}
+    try:
+        values = project_settings.clean(settings, current, policy)
+    except project_settings.SettingsError as e:
+        raise LabelError(str(e)) from None
+    for key, value in values.items():
         setattr(project, key, value)
-    if project.protocol == "hf" and not project.tokenizer_path:
-        raise LabelError("protocol 'hf' needs a tokenizer path with a chat template")
     db.flush()
     return project
 
@@ -579,3 +572,122 @@ def latest_trees(db: DbSession, project_id: int, limit: int = 50) -> list[tuple[
                        .where(Tree.project_id == project_id, Message.parent_id.is_(None))
                        .order_by(Message.id.desc()).limit(limit))
     return [(r, sizes.get(r.tree_id, 0)) for r in roots]
+
+
+# -------------------------------------------------------------------------------------------- what the pages show
+
+
+def projects(db: DbSession) -> list[Project]:
+    return list(db.scalars(select(Project).order_by(Project.name)))
+
+
+def queue_view(db: DbSession, user: User) -> dict:
+    """The task queue page: every project with its progress, the task types this user does, their open tasks."""
+    shown = projects(db)
+    open_tasks = list(db.scalars(select(Task).where(Task.user_id == user.id, Task.status == "open",
+                                                    Task.created_at > now() - TASK_TTL)
+                                 .order_by(Task.id.desc()).limit(20)))
+    kinds = [k for k in KIND_ROLES if user.role in KIND_ROLES[k]]
+    return {"projects": shown, "progress": {p.id: project_progress(db, p) for p in shown}, "open_tasks": open_tasks,
+            "kinds": kinds}
+
+
+def task_view(db: DbSession, task: Task) -> dict:
+    """Everything the task page shows: the thread so far, the instructions the task was given under, the replies to
+    rank."""
+    project = db.get(Project, task.project_id)
+    instructions = instruction_versions(db, project.id)
+    shown = next((i for i in instructions if i.version == task.instruction_version), instructions[0])
+    ctx = {"task": task, "project": project, "instructions": shown, "latest_version": instructions[0].version,
+           "thread": [], "target": None, "replies": []}
+    if task.target_id is not None:
+        ctx["target"] = db.get(Message, task.target_id)
+        ctx["thread"] = thread(db, task.target_id)
+        ctx["system_prompt"] = db.get(Tree, ctx["target"].tree_id).system_prompt
+    else:
+        ctx["system_prompt"] = project.system_prompt
+    if task.kind == "rank":
+        ctx["replies"] = siblings_to_rank(db, task.target_id)
+    return ctx
+
+
+def open_task_view(db: DbSession, task_id: int, user: User) -> dict:
+    task = get_task(db, task_id, user)
+    if task.kind == "review":
+        can_review(user, db.get(Message, task.target_id))
+    return task_view(db, task)
+
+
+def submit_positions(db: DbSession, task: Task, user: User, positions: dict[int, int]) -> Ranking:
+    """A ranking given as {reply id: position (1 = best)} from the ranking form."""
+    replies = siblings_to_rank(db, task.target_id) if task.kind == "rank" else []
+    if task.kind != "rank":
+        raise LabelError(f"task {task.id} is a {task.kind} task")
+    wanted = {m.id for m in replies}
+    if set(positions) != wanted:
+        if set(positions) < wanted:
+            raise Conflict("a new reply was added while you were ranking; please rank again")
+        raise LabelError("give every reply a position")
+    if sorted(positions.values()) != list(range(1, len(replies) + 1)):
+        raise LabelError("each position from 1 to the number of replies must be used exactly once")
+    return submit_ranking(db, task, user, [mid for mid, _ in sorted(positions.items(), key=lambda kv: kv[1])])
+
+
+def conversation_for(db: DbSession, task: Task, text: str) -> tuple[list[dict], str | None]:
+    """The conversation a task's text would complete ([{role, content}], system prompt), for previews and drafts."""
+    ctx_thread = thread(db, task.target_id) if task.target_id else []
+    messages = [{"role": m.role, "content": m.text} for m in ctx_thread]
+    if task.kind in ("prompt", "reply", "followup"):
+        messages.append({"role": "assistant" if task.kind == "reply" else "user", "content": text})
+    system = (db.get(Tree, ctx_thread[0].tree_id).system_prompt if ctx_thread
+              else db.get(Project, task.project_id).system_prompt)
+    return messages, system
+
+
+def draft_request(db: DbSession, task_id: int, user: User) -> tuple[Project, list[dict]]:
+    """The project and the messages (system first) to send for a draft of an open reply task."""
+    task = get_task(db, task_id, user)
+    if task.kind != "reply" or task.status != "open":
+        raise Conflict("drafts are only for open reply tasks")
+    messages, system = conversation_for(db, task, "")
+    messages = [m for m in messages if m["content"]]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return db.get(Project, task.project_id), messages
+
+
+def message_view(db: DbSession, message_id: int) -> dict:
+    msg = db.get(Message, message_id)
+    if msg is None:
+        raise NotFound(f"no message {message_id}")
+    return {"message": msg, "thread": thread(db, message_id),
+            "children": list(db.scalars(select(Message).where(Message.parent_id == message_id).order_by(Message.id)))}
+
+
+def editable_message(db: DbSession, message_id: int, user: User) -> Message:
+    msg = db.get(Message, message_id)
+    if msg is None or msg.deleted:
+        raise NotFound(f"no message {message_id}")
+    if msg.author_id != user.id and user.role != "admin":
+        raise Forbidden("only the author or an admin can edit a message")
+    return msg
+
+
+def instructions_view(db: DbSession, project_id: int, version: int | None) -> dict:
+    project = get_project(db, project_id)
+    versions = instruction_versions(db, project_id)
+    shown = next((v for v in versions if v.version == version), versions[0])
+    return {"project": project, "versions": versions, "shown": shown}
+
+
+def admin_view(db: DbSession) -> dict:
+    shown = projects(db)
+    return {"projects": shown, "progress": {p.id: project_progress(db, p) for p in shown},
+            "stats": labeler_stats(db), "users": list(db.scalars(select(User).order_by(User.name)))}
+
+
+def project_admin_view(db: DbSession, project_id: int) -> dict:
+    project = get_project(db, project_id)
+    versions = instruction_versions(db, project_id)
+    return {"project": project, "versions": versions, "current": versions[0], "editor_text": versions[0].markdown,
+            "progress": project_progress(db, project), "trees": latest_trees(db, project_id)}

@@ -239,3 +239,20 @@ def _conversation(project: Project, tree: Tree, path: list[Message], reviews, sc
         meta["draft"] = {"model": drafted[-1]["model"], "edit_distance": drafted[-1]["edit_distance"],
                          "edit_chars": drafted[-1]["edit_chars"]}
     return Conversation(messages, id=f"label-{project.name}-{tree.id}-{path[-1].id}", meta=meta)
+
+
+def why_empty(db: DbSession, project: Project, threads: str) -> str:
+    """Why an export of `project` has no conversation, in words (an empty file is never the whole answer)."""
+    from sqlalchemy import func
+
+    trees = db.scalar(select(func.count()).select_from(Tree).where(Tree.project_id == project.id,
+                                                                    Tree.deleted.is_(False))) or 0
+    replies = db.scalar(select(func.count()).select_from(Message).join(Tree, Tree.id == Message.tree_id)
+                        .where(Tree.project_id == project.id, Message.role == "assistant",
+                               Message.deleted.is_(False))) or 0
+    if not trees:
+        return f"project {project.name!r} has no conversations yet: nothing to export"
+    if not replies:
+        return (f"project {project.name!r} has {trees} tree(s) but no assistant reply yet: an exported conversation "
+                "ends with an assistant reply, so there is nothing to train on until someone writes one")
+    return f"no {threads} threads in project {project.name!r} end with an assistant reply yet"
