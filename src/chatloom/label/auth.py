@@ -205,8 +205,8 @@ class LoginLimiter:
                     del self.accounts[key]
             self.failures[f"u:{name}|{address}"].append(t)
             self.failures[f"a:{address}"].append(t)
-            n, _ = self.accounts.get(name, (0, t))
-            self.accounts[name] = (n + 1, t)
+            n, last = self.accounts.get(name, (0, t))
+            self.accounts[name] = (1 if t - last > self.forget else n + 1, t)
 
     def succeeded(self, name: str, address: str) -> None:
         with self.lock:
