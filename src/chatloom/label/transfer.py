@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from ..conversation import Conversation, Rejects, ValidationError
 from ..conversation import Message as ConvMessage
+from ..data.oasst import threads as oasst_threads
 from . import editdistance
 from .models import Message, Project, Ranking, Review, Tree
 from .service import CURRENT_RANKING, CURRENT_REVIEW, current_instructions
@@ -177,21 +178,13 @@ def export_project(db: DbSession, project: Project, threads: str = "best",
     def has_reply_below(mid: int) -> bool:
         return any(by_id[c].role == "assistant" or has_reply_below(c) for c in children[mid])
 
-    def best_path(mid: int) -> list[int]:
-        path = [mid]
-        while True:
-            kids = [c for c in children[path[-1]] if by_id[path[-1]].role == "user" or has_reply_below(c)]
-            if not kids:
-                return path
-            path.append(max(kids, key=goodness))
-
-    def all_paths(mid: int, prefix: list[int]):
-        path = [*prefix, mid]
+    def as_oasst(mid: int) -> dict:
+        """The subtree under `mid` in OpenAssistant's nested shape, for the data layer's thread selection: replies
+        that lead nowhere (a follow-up nobody answered) are left out, and `rank` 0 is the best reply here."""
         kids = [c for c in children[mid] if by_id[mid].role == "user" or has_reply_below(c)]
-        if by_id[mid].role == "assistant" and not kids:
-            yield path
-        for c in kids:
-            yield from all_paths(c, path)
+        kids.sort(key=goodness, reverse=True)
+        return {"message_id": mid, "role": "assistant" if by_id[mid].role == "assistant" else "prompter",
+                "replies": [{**as_oasst(c), "rank": i} for i, c in enumerate(kids)]}
 
     convs = []
     if progress is not None:
@@ -202,12 +195,9 @@ def export_project(db: DbSession, project: Project, threads: str = "best",
         for root in children[None]:
             if by_id[root].tree_id != tree.id:
                 continue
-            paths = [best_path(root)] if threads == "best" else list(all_paths(root, []))
-            for path in paths:
-                while path and by_id[path[-1]].role != "assistant":
-                    path = path[:-1]
-                if path:
-                    convs.append(_conversation(project, tree, [by_id[i] for i in path], reviews, score, threads))
+            for path in oasst_threads(as_oasst(root), threads):  # trimmed to end on an assistant reply
+                convs.append(_conversation(project, tree, [by_id[m["message_id"]] for m in path], reviews, score,
+                                           threads))
     return convs
 
 
