@@ -465,6 +465,12 @@ def test_cli_user_import_export(db_url, tmp_path, monkeypatch):
     assert record["messages"][1]["content"] == "4" and record["meta"]["authors"] == ["human:a", "human:b"]
     r = runner.invoke(cli, ["label", "export", "--project", "nope", "-o", str(out), "--db", db_url])
     assert r.exit_code == 2 and "no project named 'nope'" in r.output
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Name a river."}) + "\n", encoding="utf-8")
+    assert runner.invoke(cli, ["label", "import", str(prompts), "--project", "fresh", "--db", db_url]).exit_code == 0
+    empty = tmp_path / "empty.jsonl"
+    r = runner.invoke(cli, ["label", "export", "--project", "fresh", "-o", str(empty), "--threads", "best", "--db", db_url])
+    assert r.exit_code == 2 and "no assistant reply yet" in r.output and not empty.exists()  # said, not an empty file
 
 
 def test_withdrawn_messages_stay_in_the_database_but_leave_queues_and_exports(app, db):
