@@ -20,7 +20,7 @@ from chatloom.label import auth
 from chatloom.label.db import Database
 
 PW = "correct horse battery"
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("CHATLOOM_TEST_PG") else [])
+BACKENDS = ["sqlite", "postgresql"]  # PostgreSQL cases are always collected; conftest.require_pg skips/fails them
 PEOPLE = [("ada", "admin"), ("lee", "labeler"), ("max", "labeler"), ("kim", "labeler"), ("rev", "reviewer")]
 
 
@@ -44,7 +44,9 @@ def fresh_pg(url: str) -> str:
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'label.db'}"
-    return fresh_pg(os.environ["CHATLOOM_TEST_PG"])
+    from .conftest import require_pg
+
+    return fresh_pg(require_pg())
 
 
 @pytest.fixture
@@ -126,7 +128,6 @@ class LabelServeProcess:
     """`chatloom label serve --db URL` in its own process (its own interpreter lock, like a real deployment)."""
 
     def __init__(self, db_url: str):
-        import os
         import subprocess
         import sys
         from pathlib import Path
