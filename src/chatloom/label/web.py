@@ -27,7 +27,7 @@ from . import auth, drafts, service
 from .db import Database
 
 HERE = Path(__file__).parent
-MAX_ID = 2**63 - 1  # the widest integer SQLite and PostgreSQL (bigint) hold; larger ids are simply not found
+MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL): a larger id is simply not found
 MAX_FORM_BYTES = 1_000_000
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
 log = logging.getLogger("chatloom.label")
