@@ -163,3 +163,28 @@ def test_migration_keeps_duplicated_reviews_and_the_newest_counts(db_url):
     with database.session() as s:
         assert dict(s.execute(select(Review.id, Review.superseded)).all()) == {1: True, 2: True, 3: False, 4: False}
     database.dispose()
+
+
+def test_a_planned_slot_taken_meanwhile_is_rechecked_not_overbooked(db, people):
+    """The queue looks over the project in a reading transaction and writes in a second one: a slot planned by two
+    people at once goes to the first; the second gets the next free slot (or nothing), never a second reply slot."""
+    pid = new_project(db, replies_per_prompt=1)
+    first = write(db, "lee", pid, "prompt", "first question")
+    second = write(db, "lee", pid, "prompt", "second question")
+    with db.session(readonly=True) as s:
+        plan_max = service.plan_next(s, pid, user(s, "max"), "reply")
+        plan_kim = service.plan_next(s, pid, user(s, "kim"), "reply")
+    assert plan_max.slots[0] == plan_kim.slots[0] == ("reply", first)  # both would take the same slot
+    with db.session() as s:
+        assert service.take_next(s, pid, user(s, "max"), "reply", plan_max).target_id == first
+    with db.session() as s:
+        assert service.take_next(s, pid, user(s, "kim"), "reply", plan_kim).target_id == second  # re-checked
+    with db.session(readonly=True) as s:
+        plan_ada = service.plan_next(s, pid, user(s, "ada"), "reply")
+        assert plan_ada.slots == []  # both slots are reserved
+        again = service.plan_next(s, pid, user(s, "max"), "reply")
+        assert again.existing is not None and again.slots == []  # a double click finds the open task
+    if db.engine.dialect.name == "sqlite":  # a reading session cannot write (its connections are query_only)
+        with pytest.raises(Exception, match="readonly|attempt to write"), db.session(readonly=True) as s:
+            s.add(Task(project_id=pid, kind="prompt", user_id=people["ada"], instruction_version=1))
+            s.flush()

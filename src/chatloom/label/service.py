@@ -177,28 +177,36 @@ class ProjectState:
     reserved_by: dict[tuple[str, int], set[int]] = field(default_factory=lambda: defaultdict(set))
 
 
-def load_state(db: DbSession, project_id: int) -> ProjectState:
+def load_state(db: DbSession, project_id: int, only: int | None = None) -> ProjectState:
+    """The project's queue state; with `only`, just what decides the slots of that one message (it, its children, its
+    reviews, rankings and open tasks), a few rows instead of the whole project."""
     # Open tasks first, messages after: under READ COMMITTED a submission committed in between is then counted twice
     # (safe), never zero times (an overbooked slot).
-    open_tasks = list(db.scalars(select(Task).where(Task.project_id == project_id, Task.status == "open",
-                                                    Task.created_at > now() - TASK_TTL)))
-    msgs = list(db.execute(select(Message.id, Message.tree_id, Message.parent_id, Message.role, Message.author_id,
-                                  Message.depth).join(Tree, Tree.id == Message.tree_id)
-                           .where(Tree.project_id == project_id, Message.deleted.is_(False), Tree.deleted.is_(False))))
+    tq = select(Task).where(Task.project_id == project_id, Task.status == "open", Task.created_at > now() - TASK_TTL)
+    mq = (select(Message.id, Message.tree_id, Message.parent_id, Message.role, Message.author_id, Message.depth)
+          .join(Tree, Tree.id == Message.tree_id)
+          .where(Tree.project_id == project_id, Message.deleted.is_(False), Tree.deleted.is_(False)))
+    rq = (select(Review.message_id, Review.reviewer_id).join(Message, Message.id == Review.message_id)
+          .join(Tree, Tree.id == Message.tree_id).where(Tree.project_id == project_id, CURRENT_REVIEW))
+    kq = (select(Ranking.parent_id, Ranking.ranker_id).join(Message, Message.id == Ranking.parent_id)
+          .join(Tree, Tree.id == Message.tree_id).where(Tree.project_id == project_id, CURRENT_RANKING))
+    if only is not None:
+        tq = tq.where(Task.target_id == only)
+        mq = mq.where((Message.id == only) | (Message.parent_id == only))
+        rq = rq.where(Review.message_id == only)
+        kq = kq.where(Ranking.parent_id == only)
+    open_tasks = list(db.scalars(tq))
+    msgs = list(db.execute(mq))
     messages = {m.id: m for m in msgs}
     children: dict[int, list[int]] = defaultdict(list)
     for m in sorted(msgs, key=lambda m: m.id):
-        if m.parent_id is not None:
+        if m.parent_id is not None and (only is None or m.parent_id == only):
             children[m.parent_id].append(m.id)
     reviewers: dict[int, set[int]] = defaultdict(set)
-    for mid, uid in db.execute(select(Review.message_id, Review.reviewer_id).join(Message, Message.id == Review.message_id)
-                               .join(Tree, Tree.id == Message.tree_id)
-                               .where(Tree.project_id == project_id, CURRENT_REVIEW)):
+    for mid, uid in db.execute(rq):
         reviewers[mid].add(uid)
     rankers: dict[int, set[int]] = defaultdict(set)
-    for pid, uid in db.execute(select(Ranking.parent_id, Ranking.ranker_id).join(Message, Message.id == Ranking.parent_id)
-                               .join(Tree, Tree.id == Message.tree_id)
-                               .where(Tree.project_id == project_id, CURRENT_RANKING)):
+    for pid, uid in db.execute(kq):
         rankers[pid].add(uid)
     state = ProjectState(messages, children, Counter(m.tree_id for m in msgs), reviewers, rankers, open_tasks)
     for t in open_tasks:
@@ -252,12 +260,16 @@ def open_task_for(db: DbSession, project_id: int, user: User, kind: str | None) 
     return db.scalar(q.order_by(Task.id).limit(1))
 
 
-def next_task(db: DbSession, project: Project, user: User, kind: str | None = None) -> Task | None:
-    """The user's open task of this kind if any (a double click does not take two), else new work, else None."""
+def _check_kind(user: User, kind: str | None) -> None:
     if kind is not None and kind not in KIND_ROLES:
         raise LabelError(f"unknown task kind {kind!r}")
     if kind is not None and user.role not in KIND_ROLES[kind]:
         raise Forbidden(f"a {user.role} does not do {kind} tasks")
+
+
+def next_task(db: DbSession, project: Project, user: User, kind: str | None = None) -> Task | None:
+    """The user's open task of this kind if any (a double click does not take two), else new work, else None."""
+    _check_kind(user, kind)
     # one queue decision at a time per project (PostgreSQL row lock; SQLite transactions are already serial)
     db.execute(select(Project.id).where(Project.id == project.id).with_for_update())
     existing = open_task_for(db, project.id, user, kind)
@@ -265,7 +277,6 @@ def next_task(db: DbSession, project: Project, user: User, kind: str | None = No
         return existing
     kinds = [kind] if kind else [k for k in NEXT_ORDER[user.role]]
     state = load_state(db, project.id) if kinds != ["prompt"] else None
-    version = current_instructions(db, project.id).version
     for k in kinds:
         if k == "prompt":
             target = None
@@ -274,11 +285,61 @@ def next_task(db: DbSession, project: Project, user: User, kind: str | None = No
             if not found:
                 continue
             target = found[0]
-        task = Task(project_id=project.id, kind=k, user_id=user.id, target_id=target, instruction_version=version)
-        db.add(task)
-        db.flush()
-        return task
+        return _new_task(db, project, user, k, target)
     return None
+
+
+def _new_task(db: DbSession, project: Project, user: User, kind: str, target: int | None) -> Task:
+    task = Task(project_id=project.id, kind=kind, user_id=user.id, target_id=target,
+                instruction_version=current_instructions(db, project.id).version)
+    db.add(task)
+    db.flush()
+    return task
+
+
+@dataclass
+class NextPlan:
+    """The queue's first look, made in a reading transaction: the user's open task, or the best few slots."""
+    project_name: str
+    existing: int | None = None
+    slots: list[tuple[str, int | None]] = field(default_factory=list)
+
+
+def plan_next(db: DbSession, project_id: int, user: User, kind: str | None = None, keep: int = 5) -> NextPlan:
+    """Decide what `user` should do next by looking at the whole project, without writing (so on SQLite without
+    holding the writer lock, which this look over every message would otherwise hold for its whole length)."""
+    _check_kind(user, kind)
+    project = get_project(db, project_id)
+    plan = NextPlan(project.name)
+    existing = open_task_for(db, project_id, user, kind)
+    if existing is not None:
+        plan.existing = existing.id
+        return plan
+    kinds = [kind] if kind else [k for k in NEXT_ORDER[user.role]]
+    state = load_state(db, project_id) if kinds != ["prompt"] else None
+    for k in kinds:
+        if k == "prompt":
+            plan.slots = [("prompt", None)]
+            return plan
+        found = candidates(state, project, user, k)
+        if found:
+            plan.slots = [(k, target) for target in found[:keep]]
+            return plan
+    return plan
+
+
+def take_next(db: DbSession, project_id: int, user: User, kind: str | None, plan: NextPlan) -> Task | None:
+    """The write after `plan_next`: the first planned slot that is still free, re-checked on that message alone
+    (a few rows, under the lock); if others took all of them meanwhile, the full decision as `next_task` makes it."""
+    project = get_project(db, project_id)
+    db.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    existing = open_task_for(db, project_id, user, kind)
+    if existing is not None:
+        return existing
+    for k, target in plan.slots:
+        if target is None or target in candidates(load_state(db, project_id, only=target), project, user, k):
+            return _new_task(db, project, user, k, target)
+    return next_task(db, project, user, kind)
 
 
 def get_task(db: DbSession, task_id: int, user: User) -> Task:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
@@ -62,8 +63,10 @@ class LabelApp:
                                       tokenizer_dirs=self.tokenizer_dirs)
 
 
+@lru_cache(maxsize=64)
 def render_markdown(text: str) -> Markup:
-    """Markdown to HTML with raw HTML disabled (it is shown as text), so instructions cannot inject markup."""
+    """Markdown to HTML with raw HTML disabled (it is shown as text), so instructions cannot inject markup. Cached:
+    every task page shows the same few instruction versions, and parsing them was a large part of its cost."""
     return Markup(_markdown.render(text or ""))
 
 
@@ -136,7 +139,7 @@ async def csrf_guard(request: Request):
 
 def viewer(request: Request) -> Viewer:
     """The logged-in user (a dependency of every page but login); anonymous visitors are sent to the login page."""
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         user = auth.session_user(s, request.cookies.get(auth.SESSION_COOKIE))
         if user is None:
             raise NotLoggedIn()

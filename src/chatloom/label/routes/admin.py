@@ -33,7 +33,7 @@ def admin_context(request: Request) -> dict:
 
 @router.get("/admin", response_class=HTMLResponse)
 def admin(request: Request, who: Admin, message: str | None = None):
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         return page(request, "admin.html", notice=message[:500] if message else None, **admin_context(request),
                     **service.admin_view(s))
 
@@ -50,7 +50,7 @@ def create_project(request: Request, who: Admin, form: Form):
 
 @router.get("/admin/projects/{project_id}", response_class=HTMLResponse)
 def project_page(request: Request, project_id: Id, who: Admin, message: str | None = None):
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         return page(request, "admin_project.html", notice=message[:500] if message else None,
                     **admin_context(request), **service.project_admin_view(s, project_id))
 
@@ -110,7 +110,7 @@ def withdraw(request: Request, message_id: Id, who: Admin):
 def export(request: Request, project_id: Id, who: Admin, threads: str = "best"):
     if threads not in ("best", "all"):
         raise service.LabelError("threads must be best or all")
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         project = service.get_project(s, project_id)
         convs = transfer.export_project(s, project, threads)
         if not convs:

@@ -25,7 +25,7 @@ def task_id_of(body: dict) -> int:
 @router.post("/tasks/{task_id}/draft")
 def draft(request: Request, task_id: Id, who: AnyUser):
     app = state(request)
-    with app.db.session() as s:
+    with app.db.session(readonly=True) as s:
         project, messages = service.draft_request(s, task_id, who)
         endpoint = drafts.endpoint_for(project, app.draft_endpoints)
     model, text = drafts.draft_reply(endpoint, messages)  # outside any transaction: the network can be slow
@@ -41,7 +41,7 @@ def preview_api(request: Request, who: AnyUser, body: JsonBody):
     text = body.get("text", "")
     if not isinstance(text, str):
         raise service.LabelError("text must be a string")
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         task = service.get_task(s, task_id_of(body), who)
         messages, system = service.conversation_for(s, task, text)
         project = service.get_project(s, task.project_id)

@@ -14,7 +14,7 @@ router = APIRouter()
 
 @router.get("/messages/{message_id}", response_class=HTMLResponse)
 def message_page(request: Request, message_id: Id, who: AnyUser):
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         return page(request, "message.html", **service.message_view(s, message_id))
 
 
@@ -33,7 +33,7 @@ def review_message(request: Request, message_id: Id, who: AnyUser):
 
 @router.get("/messages/{message_id}/edit", response_class=HTMLResponse)
 def edit_form(request: Request, message_id: Id, who: AnyUser):
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         msg = service.editable_message(s, message_id, who)
         return page(request, "edit.html", message=msg, text=msg.text, version=msg.version)
 
@@ -57,5 +57,5 @@ def edit_submit(request: Request, message_id: Id, who: AnyUser, form: Form):
 def instructions_page(request: Request, project_id: Id, who: AnyUser, version: int | None = None):
     if version is not None and not 1 <= version <= MAX_ID:
         version = None
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         return page(request, "instructions.html", **service.instructions_view(s, project_id, version))

@@ -20,17 +20,21 @@ def home():
 
 @router.get("/tasks", response_class=HTMLResponse)
 def tasks_page(request: Request, who: AnyUser, message: str | None = None):
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         return page(request, "tasks.html", notice=message[:500] if message else None, **service.queue_view(s, who))
 
 
 @router.post("/projects/{project_id}/next")
 def take_next(request: Request, project_id: Id, who: AnyUser, form: Form):
     kind = form_text(form, "kind") or None
-    with state(request).db.session() as s:
-        project = service.get_project(s, project_id)
-        task = service.next_task(s, project, who, kind)
-        task_id, name = (task.id if task else None), project.name
+    db = state(request).db
+    with db.session(readonly=True) as s:  # the look over the whole project: no writer lock held for it
+        plan = service.plan_next(s, project_id, who, kind)
+    task_id, name = plan.existing, plan.project_name
+    if task_id is None and plan.slots:
+        with db.session() as s:  # the write: re-check the chosen slot alone, take it
+            task = service.take_next(s, project_id, who, kind, plan)
+            task_id = task.id if task else None
     if task_id is None:
         what = service.KIND_TITLES.get(kind, "work").lower() if kind else "work"
         return redirect(f"/tasks?message={quote(f'Nothing to do right now ({what}) in {name}.')}")
@@ -39,7 +43,7 @@ def take_next(request: Request, project_id: Id, who: AnyUser, form: Form):
 
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
 def task_page(request: Request, task_id: Id, who: AnyUser):
-    with state(request).db.session() as s:
+    with state(request).db.session(readonly=True) as s:
         return page(request, "task.html", **service.open_task_view(s, task_id, who))
 
 
