@@ -268,25 +268,12 @@ def _check_kind(user: User, kind: str | None) -> None:
 
 
 def next_task(db: DbSession, project: Project, user: User, kind: str | None = None) -> Task | None:
-    """The user's open task of this kind if any (a double click does not take two), else new work, else None."""
-    _check_kind(user, kind)
-    # one queue decision at a time per project (PostgreSQL row lock; SQLite transactions are already serial)
-    db.execute(select(Project.id).where(Project.id == project.id).with_for_update())
-    existing = open_task_for(db, project.id, user, kind)
-    if existing is not None:
-        return existing
-    kinds = [kind] if kind else [k for k in NEXT_ORDER[user.role]]
-    state = load_state(db, project.id) if kinds != ["prompt"] else None
-    for k in kinds:
-        if k == "prompt":
-            target = None
-        else:
-            found = candidates(state, project, user, k)
-            if not found:
-                continue
-            target = found[0]
-        return _new_task(db, project, user, k, target)
-    return None
+    """The user's open task of this kind if any (a double click does not take two), else new work, else None.
+    (`plan_next` + `take_next` in one transaction; the web app runs the look in a reading transaction first.)"""
+    plan = plan_next(db, project.id, user, kind)
+    if plan.existing is not None:
+        return db.get(Task, plan.existing)
+    return take_next(db, project.id, user, kind, plan)
 
 
 def _new_task(db: DbSession, project: Project, user: User, kind: str, target: int | None) -> Task:
@@ -329,17 +316,36 @@ def plan_next(db: DbSession, project_id: int, user: User, kind: str | None = Non
 
 
 def take_next(db: DbSession, project_id: int, user: User, kind: str | None, plan: NextPlan) -> Task | None:
-    """The write after `plan_next`: the first planned slot that is still free, re-checked on that message alone
-    (a few rows, under the lock); if others took all of them meanwhile, the full decision as `next_task` makes it."""
+    """The write after `plan_next`: the first planned slot that is still free, re-checked on that message alone while
+    its row is locked; if others took all of them meanwhile, look again in this transaction and try those slots.
+
+    Locks (PostgreSQL; SQLite's writer lock already serializes): the user's row, so one person's double click cannot
+    take two tasks, and the target message's row (skipped if someone else holds it), so two people cannot take its
+    last slot; different slots are taken in parallel. A submission needs no lock: it closes its task and adds its row in one transaction, and the re-check
+    reads open tasks before messages, so a slot in flight is counted twice (safe), never zero times."""
     project = get_project(db, project_id)
-    db.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    db.execute(select(User.id).where(User.id == user.id).with_for_update())
     existing = open_task_for(db, project_id, user, kind)
     if existing is not None:
         return existing
-    for k, target in plan.slots:
-        if target is None or target in candidates(load_state(db, project_id, only=target), project, user, k):
-            return _new_task(db, project, user, k, target)
-    return next_task(db, project, user, kind)
+    for attempt in range(3):
+        for k, target in plan.slots:
+            if target is None:
+                return _new_task(db, project, user, k, None)
+            # SKIP LOCKED: a slot someone else is deciding on right now is passed over, never waited for (waiting
+            # while holding another slot's lock could deadlock)
+            if db.execute(select(Message.id).where(Message.id == target).with_for_update(skip_locked=True)).first() \
+                    is None:
+                continue
+            if target in candidates(load_state(db, project_id, only=target), project, user, k):
+                return _new_task(db, project, user, k, target)
+        if attempt < 2:
+            plan = plan_next(db, project_id, user, kind, keep=20)
+            if plan.existing is not None:
+                return db.get(Task, plan.existing)
+            if not plan.slots:
+                return None
+    return None
 
 
 def get_task(db: DbSession, task_id: int, user: User) -> Task:
