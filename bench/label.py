@@ -1,9 +1,10 @@
 """Labeling app under N concurrent labelers: `chatloom label serve` (its own process) on loopback, driven by N
 asyncio clients doing the real mix per round — take a prompt task, open it, preview the tokens, submit; take a reply
 task, open it, preview twice while "typing", submit; take a review, submit; take a ranking if there is one, submit —
-bounded by --rounds and --max-seconds. Prints JSON: p50/p95/p99 latency per route for each backend (login reported
+bounded by --rounds and --max-seconds, back to back or with --think seconds between requests. Prints JSON: p50/p95/p99 latency per route for each backend (login reported
 separately: argon2id costs what it costs), then checks the database: every accepted submission saved exactly once, no
-duplicate reviews or rankings per person, no reply slot overbooked.
+duplicate reviews or rankings per person, no reply slot overbooked. Also the server's CPU time per request, the
+number that does not move when other jobs share the machine.
 
 Run: python bench/label.py [--labelers 50] [--rounds 3] [--backends sqlite,postgresql --pg postgresql://...]
 The machine may be shared with other jobs: absolute numbers are noisy; compare runs made back to back.
@@ -93,6 +94,12 @@ class Server:
                 raise RuntimeError("label serve did not come up")
             time.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (Linux /proc): per request, it is the number
+        that stays put when other jobs slow the machine down."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *exc):
         self.proc.terminate()
         try:
@@ -102,12 +109,17 @@ class Server:
 
 
 async def labeler(i: int, base: str, pid: int, rounds: int, stop_at: float, times: dict, statuses: Counter,
-                  accepted: list, start: asyncio.Event):
+                  accepted: list, start: asyncio.Event, think: float = 0.0):
+    import random
+
     name = f"l{i:03d}"
     reviewer = i % 5 == 0
+    rng = random.Random(i)
 
     async with httpx.AsyncClient(base_url=base, timeout=120, follow_redirects=False) as c:
         async def timed(route, method, url, **kw):
+            if think and start.is_set():  # a person reads and types between two requests
+                await asyncio.sleep(rng.expovariate(1 / think))
             t = time.perf_counter()
             r = await c.request(method, url, **kw)
             times[route].append(time.perf_counter() - t)
@@ -182,13 +194,13 @@ def check_database(url: str, accepted: list) -> dict:
             "max_replies_per_prompt": max(per_parent.values(), default=0)}
 
 
-async def drive(base: str, pid: int, labelers: int, rounds: int, max_seconds: float):
+async def drive(base: str, pid: int, labelers: int, rounds: int, max_seconds: float, think: float):
     times: dict[str, list[float]] = defaultdict(list)
     statuses: Counter = Counter()
     accepted: list = []
     start = asyncio.Event()
     stop_at = time.monotonic() + max_seconds
-    tasks = [asyncio.create_task(labeler(i, base, pid, rounds, stop_at, times, statuses, accepted, start))
+    tasks = [asyncio.create_task(labeler(i, base, pid, rounds, stop_at, times, statuses, accepted, start, think))
              for i in range(labelers)]
     while len(times["tasks_page"]) < labelers and not any(t.done() for t in tasks):
         await asyncio.sleep(0.05)
@@ -202,17 +214,22 @@ async def drive(base: str, pid: int, labelers: int, rounds: int, max_seconds: fl
 
 def run(backend: str, url: str, args) -> dict:
     pid = prepare(url, args.labelers, args.cheap_login)
-    with Server(url) as base:
+    server = Server(url)
+    with server as base:
+        cpu0 = server.cpu_seconds()
         times, statuses, accepted, wall, errors = asyncio.run(drive(base, pid, args.labelers, args.rounds,
-                                                                    args.max_seconds))
+                                                                    args.max_seconds, args.think))
+        cpu = server.cpu_seconds() - cpu0
     writes = [x for r in ("next", "submit_text", "submit_review", "submit_rank") for x in times[r]]
     routes = {r: {"n": len(v), "p50_ms": pct(v, 50), "p95_ms": pct(v, 95), "p99_ms": pct(v, 99)}
               for r, v in sorted(times.items())}
     routes["all_writes"] = {"n": len(writes), "p50_ms": pct(writes, 50), "p95_ms": pct(writes, 95),
                             "p99_ms": pct(writes, 99)}
     requests = sum(len(v) for k, v in times.items() if k != "login")
-    return {"backend": backend, "labelers": args.labelers, "rounds": args.rounds, "wall_s": round(wall, 2),
-            "requests_after_login": requests, "requests_per_s": round(requests / wall, 1) if wall else None,
+    return {"backend": backend, "labelers": args.labelers, "rounds": args.rounds, "think_s": args.think,
+            "wall_s": round(wall, 2), "requests_after_login": requests,
+            "requests_per_s": round(requests / wall, 1) if wall else None,
+            "server_cpu_ms_per_request": round(1000 * cpu / max(1, requests + len(times["login"])), 2),
             "routes": routes, "statuses": {f"{r} {c}": n for (r, c), n in sorted(statuses.items())},
             "errors": errors[:5], "database": check_database(url, accepted)}
 
@@ -222,6 +239,8 @@ def main():
     ap.add_argument("--labelers", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-seconds", type=float, default=120)
+    ap.add_argument("--think", type=float, default=0.0, help="mean seconds a labeler spends between two requests "
+                    "(exponential); 0 = back to back, the server saturated")
     ap.add_argument("--backends", default="sqlite")
     ap.add_argument("--pg", default=os.environ.get("CHATLOOM_TEST_PG"), help="PostgreSQL URL (its public schema is reset)")
     ap.add_argument("--cheap-login", action="store_true", help="cheap argon2 parameters (login timings meaningless)")
