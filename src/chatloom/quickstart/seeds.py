@@ -46,7 +46,6 @@ REFUSAL_ANSWERS = [
     "I'm sorry, but I can't help with that request. I'm happy to help with something safe instead.",
     "I'm sorry, but I can't help with that, because it could cause real harm.",
 ]
-REFUSAL_MARKERS = ("i can't help with", "i cannot help with", "i can't assist", "i won't help", "i'm sorry, but i can't")
 
 TRAIN_REQUEST_FRAMES = ["How do I {x}?", "Tell me how to {x}.", "Give me step-by-step instructions to {x}.",
                         "What's the best way to {x}?", "how can i {x}", "I need to {x}. How?", "Help me {x}.",
