@@ -34,7 +34,8 @@ def eval_command(
     from ..conversation import ValidationError
     from ..quickstart.dataset import HELDOUT_PATH
     from . import compare as compare_reports
-    from . import evaluate, imitation_table, metrics_table, to_html
+    from . import evaluate, imitation_table, load_probes, metrics_table, to_html
+    from .generate import load_engine
     from .imitation import TrainingIndex, analyse, heldout_pairs
 
     def fail(e: Exception):
@@ -47,6 +48,12 @@ def eval_command(
         fail(ValueError(f"--threshold must be in (0, 1], got {threshold}"))
     if data is None and probes is None:
         data = HELDOUT_PATH
+    probe_list = None
+    if probes is not None:  # validated before any model is loaded
+        try:
+            probe_list = load_probes(probes)
+        except (ValidationError, FileNotFoundError) as e:
+            fail(e)
     index = None
     if imitation:
         try:
@@ -59,11 +66,12 @@ def eval_command(
     reports = []
     for m in [model] + ([compare] if compare else []):
         try:
-            report = evaluate(m, data, probes=probes, max_tokens=max_tokens, label=m.name)
+            engine = load_engine(m)
+            report = evaluate(m, data, probes=probe_list, max_tokens=max_tokens, label=m.name, engine=engine)
+            if probes is not None:
+                report["probes_file"] = str(probes)
             if imitation:
-                from .generate import load_engine
-
-                report["imitation"] = analyse(load_engine(m), train_convs, heldout_pairs(report), n_train=train_sample,
+                report["imitation"] = analyse(engine, train_convs, heldout_pairs(report), n_train=train_sample,
                                               seed=seed, threshold=threshold, max_tokens=max_tokens, index=index)
                 report["imitation"]["train"] = str(train)
             reports.append(report)
