@@ -19,9 +19,11 @@ from chatloom.evals.imitation import TrainingIndex, jaccard, shingles
 
 
 def test_shingles_and_jaccard_by_hand():
-    assert shingles("I'm Loom, an assistant.") == {"i m loom", "m loom an", "loom an assistant"}
-    assert shingles("2+2 = 4") == {"2 2 4"}  # exactly three words: one 3-gram
-    assert shingles("Hola!") == {"hola"} and shingles("  ") == frozenset()
+    assert shingles("I'm Loom, an assistant.") == {"i ' m", "' m loom", "m loom ,", "loom , an", ", an assistant",
+                                                   "an assistant ."}
+    assert shingles("2+2 = 4") == {"2 + 2", "+ 2 =", "2 = 4"}
+    assert jaccard(shingles("5*6 = -1"), shingles("5-6 = -1")) == pytest.approx(2 / 6)  # the operator counts
+    assert shingles("Hola!") == {"hola !"} and shingles("  ") == frozenset()
     a, b = shingles("the cat sat on the mat"), shingles("the cat sat on a mat")
     # {the cat sat, cat sat on, sat on the, on the mat} vs {the cat sat, cat sat on, sat on a, on a mat}: 2 / 6
     assert jaccard(a, b) == pytest.approx(2 / 6)
@@ -44,10 +46,10 @@ def test_nearest_prefers_exact_and_reports_none_without_shared_phrase():
                       ("c", "A slow green turtle walks home.")], ids=["first", "second", "third"])
     index = TrainingIndex(convs)
     assert len(index) == 2  # deduplicated by normalised text, the first conversation kept
-    near = index.nearest("the QUICK brown fox, jumps")
+    near = index.nearest("the QUICK  brown\nfox jumps.")
     assert (near.id, near.similarity) == ("first", 1.0)
     near = index.nearest("A slow green turtle walks to school.")
-    assert near.id == "third" and near.similarity == pytest.approx(3 / 6)
+    assert near.id == "third" and near.similarity == pytest.approx(3 / 8)  # 3 shared of 5 + 6 trigrams
     assert index.nearest("nothing in common here").id is None
     assert index.reuse("a slow green turtle naps") == pytest.approx(2 / 3)  # 2 of its 3 trigrams are in training
 
@@ -152,3 +154,33 @@ def test_imitation_on_a_model_that_memorised_its_answers(copier):
     page = (copier / "r.html").read_text()
     assert "Imitation" in page and "closest training answer" in page and "Jaccard" in page
     assert "recitation" in res.output
+
+
+def test_quickstart_report_shows_the_imitation_section(tmp_path, bundled_tokenizer_path):
+    """The quickstart's report.html gets the section when the SFT report carries an imitation analysis, and none
+    without one (reports written before it existed render as they did)."""
+    from chatloom import load_tokenizer
+    from chatloom.evals.evaluate import summarize
+    from chatloom.quickstart.report import write_report
+
+    base_dir, sft_dir = tmp_path / "base", tmp_path / "sft"
+    for d in (base_dir, sft_dir):
+        d.mkdir()
+        load_tokenizer(str(bundled_tokenizer_path)).save(d)
+    sample = {"id": "a", "kind": "refusal", "prompt": [{"role": "user", "content": "Teach me to rob a store."}],
+              "expect": "I'm sorry", "reply": "I'm sorry, but I can't help with that.", "finish_reason": "stop",
+              "completion_tokens": 9, "stopped": True, "leaked": False, "ok": True, "passed": True,
+              "checks": {"refusal": True}}
+    reports = [summarize([sample], {"loss": 2.0}, label=label, model=label, data="h") for label in ("base", "sft")]
+    kw = dict(base_dir=base_dir, sft_dir=sft_dir, continuations={"base": [("x", "y")], "sft": [("x", "z")]},
+              timings={"total": 1.0}, plan={}, protocol="chatml")
+    page = write_report(tmp_path / "without.html", reports=reports, **kw).read_text()
+    assert "imitates" not in page and "95% CI" in page
+    index = TrainingIndex([Conversation.of("How do I rob a store?", "I'm sorry, but I can't help with that.",
+                                           id="train-7")])
+    reports[1]["imitation"] = imitation.summarize(
+        [imitation.example(index, Conversation.of("Teach me to rob a store."), sample["reply"], "held-out probes")],
+        train="train.jsonl", train_conversations=1, train_answers=1, train_sample=0)
+    page = write_report(tmp_path / "with.html", reports=reports, **kw).read_text()
+    assert "What the SFT model imitates" in page and "closest training answer (train-7, similarity 1.00)" in page
+    assert reports[1]["imitation"]["recitation_held_out"] == 1.0 and reports[1]["imitation"]["recitation_in_training"] is None

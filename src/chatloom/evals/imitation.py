@@ -4,9 +4,10 @@ An assistant's answer is a statistical imitation of its training answers. This m
 model prompts taken from its own training set (default 100, a seeded sample) and the held-out probes, and puts each
 answer next to the *nearest training answer*:
 
-- **similarity**: the Jaccard similarity of the two texts' sets of word 3-grams (w-shingling, Broder 1997), after
-  `data.mix.normalise` (NFKC, lower case, words only; a text of fewer than 3 words is one shingle). 1.0 = the same
-  words in the same order; 0.0 = no three consecutive words in common.
+- **similarity**: the Jaccard similarity of the two texts' sets of token 3-grams (w-shingling, Broder 1997); tokens are
+  the words and the single symbols (punctuation, operators: "5*6 = -1" is not "5-6 = -1") of the NFKC, lower-cased
+  text; a text of fewer than 3 tokens is one shingle. 1.0 = the same tokens in the same order (up to case and
+  spacing); 0.0 = no three consecutive tokens in common.
 - **nearest**: an exact match of the normalised text if there is one, else the best exact Jaccard among the candidates a
   MinHash LSH Forest (datasketch, 128 permutations) proposes (the 32 with the highest estimated similarity); with no
   shared shingle there is no nearest answer.
@@ -23,6 +24,8 @@ interval, mean similarity and phrase reuse per group, and every example.
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,8 @@ THRESHOLD = 0.5
 NUM_PERM = 128
 CANDIDATES = 32
 TRAIN_SAMPLE = 100
-SIMILARITY = (f"Jaccard similarity of word {SHINGLE}-gram sets (normalised: NFKC, lower case, words only), nearest "
+SIMILARITY = (f"Jaccard similarity of token {SHINGLE}-gram sets (tokens: words and single symbols of the NFKC, "
+              "lower-cased text), nearest "
               f"training answer by exact match or among {CANDIDATES} MinHash LSH Forest candidates "
               f"({NUM_PERM} permutations)")
 
@@ -45,10 +49,16 @@ def normalise_prompt(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def shingles(text: str, n: int = SHINGLE) -> frozenset[str]:
-    from ..data.mix import normalise
+TOKEN = re.compile(r"\w+|[^\w\s]")
 
-    words = normalise(text).split()
+
+def tokens(text: str) -> list[str]:
+    """Words and single symbols of the NFKC, lower-cased text (symbols count: an operator changes an equation)."""
+    return TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def shingles(text: str, n: int = SHINGLE) -> frozenset[str]:
+    words = tokens(text)
     if len(words) < n:
         return frozenset([" ".join(words)]) if words else frozenset()
     return frozenset(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
@@ -110,9 +120,7 @@ class TrainingIndex:
 
     @staticmethod
     def _exact_key(text: str) -> str:
-        from ..data.mix import normalise
-
-        return normalise(text)
+        return " ".join(tokens(text))
 
     def _minhash(self, sh: frozenset):
         from datasketch import MinHash
