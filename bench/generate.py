@@ -27,7 +27,6 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from chatloom import protocols
-from chatloom.cli import DEFAULT_TOKENIZER
 from chatloom.conversation import Conversation
 from chatloom.engine import Engine, SamplingParams, quantize_weights
 from chatloom.tokenizers import load_tokenizer
@@ -50,7 +49,7 @@ def build(dtype: torch.dtype, model_dir: Path | None = None):
 
         proto = protocols.for_model(model_dir)
         return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval(), proto
-    tok = load_tokenizer(str(DEFAULT_TOKENIZER))
+    tok = load_tokenizer(None)  # chatloom's bundled BPE
     proto = protocols.get("chatml", tok)
     torch.manual_seed(0)
     model = LlamaForCausalLM(smollm2_shape(49152)).to(dtype).eval()

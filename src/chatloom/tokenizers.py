@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: chatloom's own byte-level BPE (8k tokens, a Hugging Face tokenizer directory shipped in the package): the one
+#: default tokenizer of every command and API that takes an optional tokenizer (`load_tokenizer(None)` returns it).
+BUNDLED_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tokenizer"
+
 # Ids that the tiktokenizer app (and OpenAI's chat format) uses for the chat control tokens of these encodings.
 TIKTOKEN_CHAT_IDS = {
     "o200k_base": {"<|im_start|>": 200264, "<|im_end|>": 200265, "<|im_sep|>": 200266},
@@ -392,11 +396,14 @@ class TiktokenTokenizer(Tokenizer):
 _TIKTOKEN_PATCH_LOCK = threading.Lock()
 
 
-def load_tokenizer(source: str | Path | Tokenizer) -> Tokenizer:
+def load_tokenizer(source: str | Path | Tokenizer | None = None) -> Tokenizer:
     """A tokenizer from a model directory, a `tokenizer.json`, a `.tiktoken` file, a tiktoken encoding name whose rank
-    file is in the tiktoken cache, or (with network) a Hugging Face Hub id."""
+    file is in the tiktoken cache, or (with network) a Hugging Face Hub id. None (or ""): chatloom's bundled BPE
+    (`BUNDLED_TOKENIZER`), a fresh object each call."""
     if isinstance(source, Tokenizer):
         return source
+    if source is None or source == "":
+        source = BUNDLED_TOKENIZER
     path = Path(str(source))
     if path.suffix == ".tiktoken":
         if not path.exists():

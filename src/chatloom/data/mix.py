@@ -163,7 +163,6 @@ def ngrams(text: str, n: int) -> set[int]:
 def build_mixture(recipe_path: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..cli import DEFAULT_TOKENIZER
     from ..protocols import get as get_protocol
     from ..tokenizers import load_tokenizer
 
@@ -171,7 +170,7 @@ def build_mixture(recipe_path: str | Path, out_dir: str | Path, progress: bool =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = int(recipe.get("seed", 0))
-    protocol = get_protocol(recipe.get("protocol", "chatml"), load_tokenizer(recipe.get("tokenizer") or DEFAULT_TOKENIZER))
+    protocol = get_protocol(recipe.get("protocol", "chatml"), load_tokenizer(recipe.get("tokenizer") or None))
     global_filters = recipe.get("filters") or {}
     dedupe = recipe.get("dedupe") or {}
     near_cfg = dedupe.get("near") or None

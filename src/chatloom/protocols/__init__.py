@@ -52,5 +52,15 @@ def for_model(model_dir, tokenizer: Tokenizer | None = None) -> Protocol:
     return from_template(model_dir, tokenizer)
 
 
-__all__ = ["for_model", "get", "from_template", "read_template_source", "Protocol", "ProtocolError", "Rendered", "Part",
+def resolve(protocol: str = "chatml", tokenizer: Tokenizer | str | None = None, template=None) -> Protocol:
+    """The protocol a command line asked for: `template` (a Jinja template, tokenizer_config.json or model directory)
+    means `hf` with that template, otherwise `protocol` by name; `tokenizer` defaults to chatloom's bundled BPE. Like
+    `get`, it adds the protocol's control tokens to that tokenizer."""
+    tok = load_tokenizer(tokenizer or None)
+    if template is not None:
+        return from_template(template, tok)
+    return get(protocol, tok)
+
+
+__all__ = ["for_model", "get", "resolve", "from_template", "read_template_source", "Protocol", "ProtocolError", "Rendered", "Part",
            "TemplateProtocol", "GPT4o", "ChatML", "Llama3", "NAMES"]

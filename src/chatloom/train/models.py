@@ -12,9 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..tokenizers import Tokenizer, load_tokenizer
-
-BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
+from ..tokenizers import BUNDLED_TOKENIZER, Tokenizer, load_tokenizer  # noqa: F401 - BUNDLED_TOKENIZER: old import path
 
 #: Llama shapes, vocabulary size filled in from the tokenizer. "tiny" (~1M params with chatloom's 8k BPE) is for tests,
 #: "small" (~7M) for the quickstart and benchmarks.
