@@ -15,7 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from chatloom import Conversation
+from chatloom.tokenizers import TiktokenTokenizer
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "chatloom"
 
@@ -115,3 +119,114 @@ def test_resolve_gives_what_the_cli_gave(bundled_tokenizer_path):
     assert isinstance(hf, protocols.TemplateProtocol)
     assert hf.render_text(conv.to_dict()["messages"]) == \
         "<|im_start|>user\nWhat is 2+2? <|im_end|><|im_end|>\n<|im_start|>assistant\n2+2 = 4<|im_end|>\n"
+
+
+# --- private names across modules ------------------------------------------------------------------------------------
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(str.strip)
+
+
+@st.composite
+def conversations(draw):
+    n = draw(st.integers(1, 3))
+    messages = []
+    if draw(st.booleans()):
+        messages.append({"role": "system", "content": draw(TEXT)})
+    for _ in range(n):
+        messages.append({"role": "user", "content": draw(TEXT)})
+        reply = {"role": "assistant", "content": draw(TEXT)}
+        if draw(st.booleans()):
+            reply["train"] = draw(st.booleans())
+        messages.append(reply)
+    meta = draw(st.one_of(st.none(), st.fixed_dictionaries({"lang": st.sampled_from(["en", "de"]),
+                                                              "tags": st.lists(st.sampled_from(["a", "b"]))})))
+    return Conversation.from_dict({"messages": messages, **({"meta": meta} if meta else {})})
+
+
+@settings(max_examples=60, deadline=None)
+@given(conversations())
+def test_parquet_rows_read_back_to_the_same_conversation(conv):
+    """`from_parquet_row` (public: importers and mix use it) inverts `to_parquet_row`, for every conversation."""
+    from chatloom.conversation import from_parquet_row, to_parquet_row
+
+    back = Conversation.from_dict(from_parquet_row(to_parquet_row(conv)))
+    assert back.to_dict() == conv.to_dict() and back.id == conv.id
+
+
+def test_the_tiktoken_internals_chatloom_relies_on(o200k):
+    """tiktoken has no public API for an encoding's rank table or split pattern; `tokenizers._mergeable_ranks` and
+    `tokenizers._pattern` are the only readers of its private attributes. This pins what they must return (checked
+    against tiktoken's public API), so a tiktoken release that renames or changes them fails here."""
+    from chatloom.tokenizers import _mergeable_ranks, _pattern
+
+    enc = o200k.enc
+    ranks, pattern = _mergeable_ranks(enc), _pattern(enc)
+    assert isinstance(ranks, dict) and isinstance(pattern, str) and len(ranks) == 199998
+    some = list(ranks.items())[:: len(ranks) // 50]
+    assert all(isinstance(token, bytes) and enc.decode_single_token_bytes(rank) == token for token, rank in some)
+    assert enc.n_vocab == max([*ranks.values(), *o200k.special_tokens.values()]) + 1
+    import tiktoken
+
+    twin = tiktoken.Encoding("twin", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+    text = "Hello world! 2+2 = 4 \u00fcn\u00efc\u00f8d\u00e9 \u6f22\u5b57 \U0001f916\n\n  x"
+    assert twin.encode_ordinary(text) == enc.encode_ordinary(text)
+
+
+def test_tiktoken_special_tokens_are_our_own_map(o200k):
+    """`special_tokens` comes from tiktoken's public API and is chatloom's own dict: changing it, or adding control
+    tokens, never changes the encoding another tokenizer object holds."""
+    enc = o200k.enc
+    tok = TiktokenTokenizer(enc, "o200k_base")
+    assert tok.special_tokens == {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 199999
+    tok.special_tokens["<|bogus|>"] = 5
+    assert "<|bogus|>" not in enc.special_tokens_set
+    tok = TiktokenTokenizer(enc, "o200k_base")
+    assert tok.add_special_tokens(["<|im_start|>", "<|im_end|>"]) == ["<|im_start|>", "<|im_end|>"]
+    assert tok.token_id("<|im_start|>") == 200264 and tok.token_id("<|im_end|>") == 200265
+    assert tok.encode("<|im_start|>") != [200264] and tok.decode([200265]) == "<|im_end|>"
+    assert enc.special_tokens_set == {"<|endoftext|>", "<|endofprompt|>"} and o200k.enc is enc
+    starts = tok.encode_with_starts(["a<|im_end|>\u00fc"])[0][1]
+    assert starts[0] == 0 and len(starts) == len(tok.encode("a<|im_end|>\u00fc"))
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """chatloom modules this file imports when it is imported (module level, not inside functions)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base]) if base else ".".join(anchor)
+            out |= {base, *(f"{base}.{a.name}" for a in node.names)}
+    return {m for m in out if m.startswith("chatloom")}
+
+
+def test_data_modules_import_each_other_in_one_direction():
+    """records <- oasst <- importers: the OASST reader and the importers no longer need a lazy import to break a cycle."""
+    modules = {module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {n: {m for m in top_level_imports(p) if m in modules and m != n} for n, p in modules.items()}
+    assert "chatloom.data.oasst" in graph["chatloom.data.importers"]
+    assert "chatloom.data.records" in graph["chatloom.data.oasst"]
+
+    def reaches(start: str, goal: str) -> bool:
+        todo, seen = [start], set()
+        while todo:
+            n = todo.pop()
+            if n == goal:
+                return True
+            if n not in seen:
+                seen.add(n)
+                todo += [m for m in graph.get(n, ()) if not m.endswith("__init__")]
+        return False
+
+    for n in [m for m in graph if m.startswith("chatloom.data.") and m != "chatloom.data"]:
+        assert not any(reaches(m, n) for m in graph[n] if m != "chatloom.data"), n
+    out = subprocess.run([sys.executable, "-c", "import chatloom.data.oasst, chatloom.data.importers as i; "
+                          "assert i.oasst_records is chatloom.data.oasst.oasst_records"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -297,9 +297,9 @@ def build_mixture(recipe_path: str | Path, out_dir: str | Path, progress: bool =
 
 
 def _row_to_dict(row: bytes) -> dict:
-    from ..conversation import _from_parquet_row
+    from ..conversation import from_parquet_row
 
-    return _from_parquet_row(json.loads(row))
+    return from_parquet_row(json.loads(row))
 
 
 def _write_shard(path: Path, spill, rows) -> None:
