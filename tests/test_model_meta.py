@@ -53,3 +53,26 @@ def test_a_meta_naming_no_builtin_means_the_template(tmp_path, model_dir):
     (other / "chatloom.json").write_text(json.dumps({"protocol": "hf"}))
     assert model_protocol(other) == "hf"
     assert isinstance(protocols.for_model(other), protocols.TemplateProtocol)
+
+
+def test_one_home_reads_and_writes_it(tmp_path):
+    """Only `chatloom.model_meta` names the file in code; a broken file is an error naming it, not a KeyError later."""
+    import ast
+    from pathlib import Path
+
+    from chatloom import model_meta
+
+    src = Path(model_meta.__file__).parent
+    naming = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                    for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                    if isinstance(node, ast.Constant) and node.value == "chatloom.json")
+    assert naming == ["model_meta.py"]
+    assert model_meta.read(tmp_path) == {} and model_meta.protocol(tmp_path) is None
+    model_meta.write(tmp_path, {"protocol": "chatml", "end_of_turn": "<|im_end|>"})
+    assert model_meta.read(tmp_path) == {"protocol": "chatml", "end_of_turn": "<|im_end|>"}
+    (tmp_path / "chatloom.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"chatloom\.json: not valid JSON"):
+        model_meta.protocol(tmp_path)
+    (tmp_path / "chatloom.json").write_text("[1]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        model_meta.read(tmp_path)

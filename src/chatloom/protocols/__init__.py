@@ -39,16 +39,12 @@ def get(name: str, tokenizer: Tokenizer | str | None = None, *, template=None, c
 def for_model(model_dir, tokenizer: Tokenizer | None = None) -> Protocol:
     """The protocol a model directory was trained with: the built-in named in its `chatloom.json` when chatloom wrote
     it, otherwise `hf` from its chat template (`chat_template.jinja` or `tokenizer_config.json`)."""
-    import json
-    from pathlib import Path
+    from .. import model_meta
 
-    model_dir = Path(model_dir)
     tokenizer = load_tokenizer(tokenizer or model_dir)
-    meta = model_dir / "chatloom.json"
-    if meta.exists():
-        name = json.loads(meta.read_text(encoding="utf-8")).get("protocol")
-        if name in BUILTIN:
-            return BUILTIN[name](tokenizer)
+    name = model_meta.protocol(model_dir)
+    if name in BUILTIN:
+        return BUILTIN[name](tokenizer)
     return from_template(model_dir, tokenizer)
 
 

@@ -7,7 +7,6 @@ would make the first steps spend their budget undoing it).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -113,7 +112,6 @@ def make_model_dir(out_dir: str | Path, protocol: str = "chatml", config: str = 
 
 def model_protocol(source: str | Path) -> str | None:
     """The protocol a chatloom-written model directory was trained with (its chatloom.json), else None."""
-    meta = Path(str(source)) / "chatloom.json"
-    if meta.is_file():
-        return json.loads(meta.read_text(encoding="utf-8")).get("protocol")
-    return None
+    from .. import model_meta
+
+    return model_meta.protocol(source)
