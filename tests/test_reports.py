@@ -44,8 +44,8 @@ class Events(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.events: list = []
 
-    def handle_starttag(self, tag, attrs):
-        self.events.append(["start", tag, sorted([k, v] for k, v in attrs)])
+    def handle_starttag(self, tag, attrs):  # an iframe's srcdoc is a page of its own: compared the same way
+        self.events.append(["start", tag, sorted([k, events(v) if k == "srcdoc" else v] for k, v in attrs)])
 
     def handle_endtag(self, tag):
         self.events.append(["end", tag])
@@ -158,3 +158,22 @@ def test_pins_are_real_pages():
         ev = events(text)
         assert ev[0] == ["decl", "doctype html"] and needle in text and ["end", "html"] in ev
         json.dumps(ev)
+
+
+def test_the_shared_pieces_escape_text_and_keep_markup(tmp_path):
+    from chatloom.report_html import Html, cell, page, png_data_uri, png_file_img, table
+
+    assert table(["a<b", "n"], [["x & y", cell("1", "num")], [Html("<i>kept</i>"), "'q'"]]) == (
+        "<table><tr><th>a&lt;b</th><th>n</th></tr><tr><td>x &amp; y</td><td class='num'>1</td></tr>"
+        "<tr><td><i>kept</i></td><td>&#x27;q&#x27;</td></tr></table>")
+    assert table(None, []) == "<table></table>"
+    assert events(page("t<1>", "<p>x</p>", css="p{}")) == [
+        ["decl", "doctype html"], ["start", "html", []], ["start", "head", []], ["start", "meta", [["charset", "utf-8"]]],
+        ["start", "title", []], ["text", "t<1>"], ["end", "title"], ["start", "style", []], ["text", "p{}"],
+        ["end", "style"], ["end", "head"], ["start", "body", []], ["start", "h1", []], ["text", "t<1>"], ["end", "h1"],
+        ["start", "p", []], ["text", "x"], ["end", "p"], ["end", "body"], ["end", "html"]]
+    assert "no picture at" in png_file_img(tmp_path / "none.png", "x")
+    (tmp_path / "p.png").write_bytes(tiny_png())
+    img = png_file_img(tmp_path / "p.png", "a 'loss'", style="max-width:1px")
+    assert events(img) == [["start", "img", [["alt", "a 'loss'"], ["src", png_data_uri(tiny_png())],
+                                              ["style", "max-width:1px"]]]]
