@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from chatloom import Conversation, save
+from chatloom import Conversation, load, save
+from chatloom.conversation import from_parquet_row
 from chatloom.data import build_mixture
 
 
@@ -87,3 +88,69 @@ def test_same_recipe_and_seed_give_byte_identical_shards(tmp_path):
     assert len(names) > 2 and names == sorted(p.name for p in (tmp_path / "m2").glob("*.parquet"))
     for name in names:
         assert (tmp_path / "m1" / name).read_bytes() == (tmp_path / "m2" / name).read_bytes()
+
+
+def mix(tmp_path: Path, sources: str, seed: int = 0, extra: str = "") -> tuple[dict, list[Conversation]]:
+    recipe = tmp_path / f"recipe-{seed}.yaml"
+    recipe.write_text(f"seed: {seed}\nprotocol: chatml\n{extra}sources:\n{sources}")
+    out = tmp_path / f"out-{seed}"
+    ledger = build_mixture(recipe, out, progress=False)
+    return ledger, [Conversation.from_dict(from_parquet_row(r)) for r in rows_of(out)]
+
+
+def test_a_row_sampled_out_of_one_source_does_not_remove_its_twin_in_another(tmp_path):
+    """The bug this split fixed: dedupe used to mark rows as seen before sampling, so a row sampled out of A still
+    removed its duplicate in B and both copies were lost. Now every conversation survives exactly once."""
+    a = source(tmp_path / "a.jsonl", "alpha", 40)
+    save([*a, *source(tmp_path / "only_b.jsonl", "beta", 10)], tmp_path / "b.jsonl")
+    for seed in range(3):
+        ledger, rows = mix(tmp_path, "  - {name: a, path: a.jsonl, fraction: 0.5}\n  - {name: b, path: b.jsonl}\n", seed)
+        la, lb = ledger["sources"]
+        assert 5 < la["rows_out"] < 35 and la["dropped"] == {"sampled_out": 40 - la["rows_out"]}
+        assert sorted(r.id for r in rows) == sorted(c.id for c in load(tmp_path / "b.jsonl"))  # each exactly once
+        assert lb["dropped"] == {"exact_duplicate": la["rows_out"]} and lb["rows_out"] == 50 - la["rows_out"]
+
+
+def test_near_duplicates_of_sampled_out_rows_are_kept(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    texts = [" ".join(rng.sample(words, 40)) for _ in range(12)]  # pairwise far apart
+    save([conv(f"question {i}", t) for i, t in enumerate(texts)], tmp_path / "a.jsonl")
+    save([conv(f"question {i}", t + " extra") for i, t in enumerate(texts)], tmp_path / "b.jsonl")  # near twins
+    ledger, rows = mix(tmp_path, "  - {name: a, path: a.jsonl, fraction: 0.5}\n  - {name: b, path: b.jsonl}\n",
+                       extra="dedupe: {exact: true, near: {threshold: 0.7}}\n")
+    la, lb = ledger["sources"]
+    assert 0 < la["rows_out"] < 12 and lb["dropped"] == {"near_duplicate": la["rows_out"]}
+    assert lb["rows_out"] == 12 - la["rows_out"]  # every row sampled out of a is back from b, each question once
+    assert sorted(r.messages[0].content for r in rows) == sorted(f"question {i}" for i in range(12))
+
+
+def test_count_samples_before_dedupe_and_the_ledger_says_what_dedupe_removed(tmp_path):
+    from chatloom.data.mix import seeded_unit
+
+    a = source(tmp_path / "a.jsonl", "alpha", 10)
+    extra = source(tmp_path / "extra.jsonl", "gamma", 10)
+    b = [*a, *extra]
+    save(b, tmp_path / "b.jsonl")
+    seed = 5
+    chosen = sorted(b, key=lambda c: seeded_unit(seed, "keep", c.id))[:6]  # the count's seeded choice, by definition
+    twins = sum(1 for c in chosen if c in a)
+    assert 0 < twins < 6, "pick a seed whose choice mixes twins and new rows"
+    ledger, rows = mix(tmp_path, "  - {name: a, path: a.jsonl}\n  - {name: b, path: b.jsonl, count: 6}\n", seed)
+    lb = ledger["sources"][1]
+    assert lb["dropped"] == {"sampled_out": 14, "exact_duplicate": twins} and lb["rows_out"] == 6 - twins
+    assert sorted(r.id for r in rows) == sorted({c.id for c in [*a, *chosen]})
+    page = (tmp_path / f"out-{seed}" / "report.html").read_text(encoding="utf-8")
+    assert f"exact_duplicate: {twins}" in page
+
+
+def test_every_row_of_a_source_is_accounted_for(tmp_path):
+    """rows in = rows kept + rows dropped (by reason), also for epochs below 1 (a row given no copy is sampled out)."""
+    source(tmp_path / "a.jsonl", "alpha", 30)
+    ledger, rows = mix(tmp_path, "  - {name: a, path: a.jsonl, epochs: 0.5}\n  - {name: b, path: a.jsonl, count: 7}\n")
+    la, lb = ledger["sources"]
+    assert la["rows_in"] == la["rows_out"] + sum(la["dropped"].values()) == 30 and 5 < la["rows_out"] < 25
+    assert lb["rows_in"] == lb["rows_out"] + sum(lb["dropped"].values()) == 30
+    assert len(rows) == len({r.id for r in rows}) == la["rows_out"] + lb["rows_out"]
