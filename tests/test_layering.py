@@ -230,3 +230,43 @@ def test_data_modules_import_each_other_in_one_direction():
     out = subprocess.run([sys.executable, "-c", "import chatloom.data.oasst, chatloom.data.importers as i; "
                           "assert i.oasst_records is chatloom.data.oasst.oasst_records"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+# --- defaults that change what the caller passed in (documented where they happen) --------------------------------
+
+
+def test_protocols_get_adds_control_tokens_to_the_callers_tokenizer_unless_copy():
+    from chatloom import load_tokenizer, protocols
+
+    tok = load_tokenizer(None)
+    n = len(tok)
+    protocols.get("chatml", tok, copy=True)
+    assert len(tok) == n and tok.token_id("<|im_start|>") is None
+    proto = protocols.get("chatml", tok)
+    assert proto.tokenizer is tok and len(tok) == n + 2 and tok.token_id("<|im_start|>") == n
+    assert "Changes the tokenizer it is given" in protocols.get.__doc__
+
+
+def test_engine_fuses_the_callers_weights_into_views_unless_fast_is_off():
+    import torch
+
+    from chatloom import protocols
+    from chatloom.engine import Engine, SamplingParams
+    from chatloom.train.models import fit_vocab, load_model
+
+    model, tok = load_model("tiny", seed=0)
+    proto = protocols.get("chatml", tok)
+    fit_vocab(model, len(tok))
+    attn = model.model.layers[0].self_attn
+    before = [p.detach().clone() for p in (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight)]
+    assert attn.q_proj.weight.untyped_storage().data_ptr() != attn.k_proj.weight.untyped_storage().data_ptr()
+    slow = Engine(model, proto, fast=False)
+    assert attn.q_proj.weight.untyped_storage().data_ptr() != attn.k_proj.weight.untyped_storage().data_ptr()
+    conv = Conversation.from_dict({"messages": [{"role": "user", "content": "What is 2+2?"}]})
+    want = slow.generate([conv], SamplingParams(max_tokens=6, temperature=0.0))[0].ids
+    fast = Engine(model, proto)
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.k_proj.weight.untyped_storage().data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(before, (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight),
+                                                 strict=True))  # same values, now views of one fused tensor
+    assert fast.generate([conv], SamplingParams(max_tokens=6, temperature=0.0))[0].ids == want
+    assert "changes the model it is given" in Engine.__doc__

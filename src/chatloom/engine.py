@@ -133,7 +133,12 @@ class Request:
 
 class Engine:
     """KV-cache sampling from `protocol.prompt(conv)` for any transformers causal LM (Llama-family models go through
-    the lean `engine_llama.LlamaDecoder` unless `fast=False`)."""
+    the lean `engine_llama.LlamaDecoder` unless `fast=False`).
+
+    `Engine(model, ...)` changes the model it is given: it is put in eval mode, and with the fast decoder its q/k/v and
+    gate/up `Linear` weights are replaced by views into fused tensors (same values, no copy). The model still computes
+    the same outputs, but its parameters are no longer separate tensors: to keep training or saving a model as it was,
+    give the engine a copy (`copy.deepcopy(model)`) or pass `fast=False`."""
 
     def __init__(self, model, protocol: Protocol, max_context: int | None = None, fast: bool = True):
         from .engine_llama import LlamaDecoder

@@ -15,8 +15,12 @@ NAMES = (*BUILTIN, "hf")
 
 
 def get(name: str, tokenizer: Tokenizer | str | None = None, *, template=None, copy: bool = False, **kw) -> Protocol:
-    """A protocol by name. Missing control tokens are added to `tokenizer` (pass copy=True to leave it untouched).
-    `hf` needs `template=` (string, .jinja, tokenizer_config.json or model directory) or a tokenizer with a template."""
+    """A protocol by name. `hf` needs `template=` (string, .jinja, tokenizer_config.json or model directory) or a
+    tokenizer with a template.
+
+    Changes the tokenizer it is given: the protocol's missing control tokens are added to `tokenizer` as special
+    tokens (its length grows; the model's embedding must then be grown to match, `train.models.fit_vocab`). Many
+    callers rely on this, so it stays the default; pass `copy=True` to work on a copy and leave `tokenizer` untouched."""
     if tokenizer is None:
         if name == "hf" and template is not None:
             return from_template(template, None, **kw)
