@@ -33,12 +33,14 @@ def is_cli(name: str) -> bool:
     return name in ("chatloom.cli", "chatloom.__main__") or name.endswith(".cli")
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every module an import statement in this file names (relative imports resolved), at any depth."""
+def imported_modules(path: Path, top_level: bool = False) -> set[str]:
+    """Every module an import statement in this file names (relative imports resolved), at any depth (or only the
+    statements at module level: what importing the file runs)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in (tree.body if top_level else ast.walk(tree)):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -192,19 +194,7 @@ def test_tiktoken_special_tokens_are_our_own_map(o200k):
 
 def top_level_imports(path: Path) -> set[str]:
     """chatloom modules this file imports when it is imported (module level, not inside functions)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = set()
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base]) if base else ".".join(anchor)
-            out |= {base, *(f"{base}.{a.name}" for a in node.names)}
-    return {m for m in out if m.startswith("chatloom")}
+    return {m for m in imported_modules(path, top_level=True) if m.startswith("chatloom")}
 
 
 def test_data_modules_import_each_other_in_one_direction():
