@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-PINS = Path(__file__).parent / "fixtures" / "reports"
+PINS = Path(__file__).parent / "pins" / "reports"  # chatloom's own pages, not third-party fixtures
 PNG_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
