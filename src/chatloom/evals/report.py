@@ -9,22 +9,17 @@ numbers.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 
 from rich.table import Table
 
+from ..report_html import CSS, Html, cell, esc, page, table
 from .evaluate import ACCEPTANCE, METRICS
 
-OPTIONAL = {"expect_match"}  # rows shown only when some report measured them
+__all__ = ["CSS", "metrics_table", "metrics_html", "answers_html", "sections_html", "page", "to_html",
+           "imitation_html", "imitation_table"]
 
-CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#111;max-width:1200px}
-table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}
-th{background:#f3f4f6}.num{text-align:right;font-variant-numeric:tabular-nums}.ok{background:#dcfce7}.bad{background:#fee2e2}
-.reply{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px;max-width:380px}
-.meta{color:#6b7280;font-size:12px}
-"""
+OPTIONAL = {"expect_match"}  # rows shown only when some report measured them
 
 
 def fmt(key: str, value) -> str:
@@ -100,30 +95,29 @@ def metrics_table(reports: Sequence[dict], title: str = "evaluation") -> Table:
 
 def metrics_html(reports: Sequence[dict]) -> str:
     comparison = comparison_of(reports)
-    diff_head = (f"<th>{html.escape(label_of(reports[-1]))} − {html.escape(label_of(reports[0]))}</th>"
-                 if comparison else "")
-    head = "".join(f"<th>{html.escape(label_of(r))}</th>" for r in reports)
     rows = []
     for key, name, _ in shown_metrics(reports):
         cells = []
         for r in reports:
             v = r["metrics"].get(key)
             met = bar_met(key, v) if r is reports[-1] else None  # the bars are for the (last, fine-tuned) model
-            cls = "" if met is None else (" ok" if met else " bad")
             interval = fmt_interval(rate_entry_of(r, key))
-            extra = f"<div class='meta'>{interval}</div>" if interval else ""
-            cells.append(f"<td class='num{cls}'>{fmt(key, v)}{extra}</td>")
+            content = Html(f"{esc(fmt(key, v))}<div class='meta'>{esc(interval)}</div>") if interval else fmt(key, v)
+            cells.append(cell(content, "num" + ("" if met is None else (" ok" if met else " bad"))))
         goal = ACCEPTANCE.get(key)
-        diff = f"<td class='num'>{html.escape(fmt_difference(comparison['metrics'].get(key)))}</td>" if comparison else ""
-        rows.append(f"<tr><td>{name}</td>{''.join(cells)}<td class='num'>{f'{goal[0]} {fmt(key, goal[1])}' if goal else ''}</td>{diff}</tr>")
-    counts = "".join(f"<td class='num'>{r['n']}</td>" for r in reports)
-    rows.append(f"<tr><td class='meta'>conversations evaluated</td>{counts}<td></td>{'<td></td>' if comparison else ''}</tr>")
+        diff = [cell(fmt_difference(comparison["metrics"].get(key)), "num")] if comparison else []
+        rows.append([name, *cells, cell(f"{goal[0]} {fmt(key, goal[1])}" if goal else "", "num"), *diff])
+    rows.append([cell("conversations evaluated", "meta"), *(cell(r["n"], "num") for r in reports), "",
+                 *([""] if comparison else [])])
+    head = ["metric", *(label_of(r) for r in reports), "goal"]
+    if comparison:
+        head.append(f"{label_of(reports[-1])} − {label_of(reports[0])}")
     note = ""
     if any(r.get("rates") for r in reports):
         note = ("<p class='meta'>Each rate with its 95% Wilson score interval and the number of probes n it counts"
                 + ("; the last column is the difference on the same probes with McNemar's exact (paired) p-value: "
                    "p &lt; 0.05 is a difference beyond the noise of this many probes" if comparison else "") + ".</p>")
-    return f"<table><tr><th>metric</th>{head}<th>goal</th>{diff_head}</tr>{''.join(rows)}</table>{note}"
+    return table(head, rows) + note
 
 
 def prompt_text(sample: dict) -> str:
@@ -139,7 +133,6 @@ def answers_html(reports: Sequence[dict], per_kind: int = 4) -> str:
         if seen.get(k, 0) < per_kind:
             seen[k] = seen.get(k, 0) + 1
             chosen.append(i)
-    head = "".join(f"<th>{html.escape(label_of(r))}</th>" for r in reports)
     rows = []
     for i in chosen:
         s = first[i]
@@ -148,28 +141,21 @@ def answers_html(reports: Sequence[dict], per_kind: int = 4) -> str:
             t = r["samples"][i]
             cls = "" if t["passed"] is None else (" ok" if t["passed"] else " bad")
             stop = "stopped at end of turn" if t["stopped"] else f"no end of turn ({t['finish_reason']})"
-            cells.append(f"<td class='reply{cls}'>{html.escape(t['reply'])}<div class='meta'>{stop}</div></td>")
-        rows.append(f"<tr><td class='meta'>{html.escape(s.get('kind') or '')}</td><td class='reply'>{html.escape(prompt_text(s))}"
-                    f"</td><td class='reply'>{html.escape(s['expect'])}</td>{''.join(cells)}</tr>")
-    return f"<table><tr><th>probe</th><th>prompt</th><th>reference</th>{head}</tr>{''.join(rows)}</table>"
+            cells.append(cell(Html(f"{esc(t['reply'])}<div class='meta'>{esc(stop)}</div>"), "reply" + cls))
+        rows.append([cell(s.get("kind") or "", "meta"), cell(prompt_text(s), "reply"), cell(s["expect"], "reply"), *cells])
+    return table(["probe", "prompt", "reference", *(label_of(r) for r in reports)], rows)
 
 
 def sections_html(reports: Sequence[dict]) -> str:
-    imitation = "".join(f"<h2>Imitation: {html.escape(label_of(r))}</h2>{imitation_html(r['imitation'])}"
+    imitation = "".join(f"<h2>Imitation: {esc(label_of(r))}</h2>{imitation_html(r['imitation'])}"
                         for r in reports if r.get("imitation"))
     return (f"<h2>Metrics</h2>{metrics_html(reports)}"
             f"<h2>Side by side</h2><p class='meta'>Greedy replies to held-out prompts; green: probe passed, red: failed.</p>"
             f"{answers_html(reports)}{imitation}")
 
 
-def page(title: str, body: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
-            f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
-
-
 def to_html(reports: Sequence[dict], title: str = "chatloom evaluation") -> str:
-    data = ", ".join(sorted({html.escape(str(x)) for r in reports for x in (r.get("probes_file"), r.get("data", ""))
-                             if x is not None}))
+    data = ", ".join(sorted({esc(x) for r in reports for x in (r.get("probes_file"), r.get("data", "")) if x is not None}))
     return page(title, f"<p class='meta'>data: {data}</p>{sections_html(reports)}")
 
 
@@ -199,9 +185,9 @@ def imitation_summary_html(im: dict) -> str:
 
 def imitation_html(im: dict, per_group: int = 16) -> str:
     """The imitation analysis: the summary, then answers side by side with the closest training answer under each."""
-    intro = (f"<p class='meta'>Training set: {html.escape(str(im.get('train', '')))} ({im.get('train_conversations', '?')}"
+    intro = (f"<p class='meta'>Training set: {esc(str(im.get('train', '')))} ({im.get('train_conversations', '?')}"
              f" conversations, {im.get('train_answers', '?')} distinct answers); {im.get('train_sample', '?')} of its "
-             f"prompts asked again. Similarity: {html.escape(im.get('similarity_measure', ''))}. An answer is "
+             f"prompts asked again. Similarity: {esc(im.get('similarity_measure', ''))}. An answer is "
              f"<b>recited</b> when its similarity is &ge; {im['threshold']:g}. A prompt is <b>in training</b> when it "
              "equals a training user turn after whitespace and case normalisation.</p>")
     parts = [intro, imitation_summary_html(im)]
@@ -216,12 +202,12 @@ def imitation_html(im: dict, per_group: int = 16) -> str:
             if e["nearest_train_id"] is None:
                 near = "<div class='meta'>no training answer shares a 3-word phrase with this answer</div>"
             else:
-                near = (f"<div class='meta' style='margin-top:6px;padding:4px 6px;border-left:3px solid #9ca3af;background:#f9fafb'><span>closest training answer ({html.escape(e['nearest_train_id'])},"
-                        f" similarity {e['similarity']:.2f})</span>\n{html.escape(e['nearest_train_answer'])}</div>")
-            rows.append(f"<tr><td class='reply'>{html.escape(e['prompt'])}<div class='meta'>{html.escape(e['source'])}"
-                        f"</div></td><td class='reply{cls}'>{html.escape(e['answer'])}{near}</td>"
+                near = (f"<div class='meta' style='margin-top:6px;padding:4px 6px;border-left:3px solid #9ca3af;background:#f9fafb'><span>closest training answer ({esc(e['nearest_train_id'])},"
+                        f" similarity {e['similarity']:.2f})</span>\n{esc(e['nearest_train_answer'])}</div>")
+            rows.append(f"<tr><td class='reply'>{esc(e['prompt'])}<div class='meta'>{esc(e['source'])}"
+                        f"</div></td><td class='reply{cls}'>{esc(e['answer'])}{near}</td>"
                         f"<td class='num'>{e['similarity']:.2f}</td><td class='num'>{fmt('rate', e['phrase_reuse'])}</td></tr>")
-        parts.append(f"<h3>{html.escape(name)}</h3><p class='meta'>{len(chosen)} of "
+        parts.append(f"<h3>{esc(name)}</h3><p class='meta'>{len(chosen)} of "
                      f"{im['rates'][group]['n']}, spread from the most to the least similar; red: recited.</p>"
                      "<table><tr><th>prompt</th><th>the model's answer, and under it the closest training answer</th>"
                      f"<th>similarity</th><th>phrase reuse</th></tr>{''.join(rows)}</table>")

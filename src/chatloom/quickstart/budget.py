@@ -46,9 +46,9 @@ def time_one_step(config: str, seq_len: int, batch_size: int, repeats: int = 5, 
     from ..tokenizers import load_tokenizer
     from ..train.attention import use_training_attention
     from ..train.loop import SupervisedLoss, bf16_supported
-    from ..train.models import BUNDLED_TOKENIZER, build_model
+    from ..train.models import build_model
 
-    vocab = len(load_tokenizer(BUNDLED_TOKENIZER)) + 2
+    vocab = len(load_tokenizer(None)) + 2  # chatloom's bundled BPE
     model = build_model(config, vocab, seed=0)
     use_training_attention(model)
     loss_of = SupervisedLoss(model)
