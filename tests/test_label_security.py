@@ -252,3 +252,20 @@ def test_forwarded_for_is_believed_only_from_named_proxies(db, people, trusted):
         assert codes == [401] * 10
     else:  # a forged header changes nothing: the loopback peer has 4 * 2 = 8 failures per minute
         assert codes == [401] * 8 + [429, 429]
+
+
+def test_operator_can_forbid_typed_draft_urls(db, people):
+    with Recorder("attacker-model") as attacker:
+        app = create_app(db, draft_endpoints=Endpoints(), allow_draft_urls=False)
+        ada = login(TestClient(app, follow_redirects=False), "ada", PW)
+        r = post_form(ada, "/admin", "/admin/projects", {"name": "typed", "draft_base_url": attacker.url})
+        assert r.status_code == 400 and "only drafts with the endpoints" in r.text
+        assert 'name="draft_base_url"' not in ada.get("/admin").text
+        with db.session() as s:  # a URL typed before the operator turned them off
+            pid = service.create_project(s, "old", draft_base_url=attacker.url).id
+            u = user(s, "lee")
+            service.submit_text(s, service.next_task(s, service.get_project(s, pid), u, "prompt"), u, "hi")
+        client, task_id, token = reply_task(db, app, "kim", pid)
+        r = client.post(f"/api/tasks/{task_id}/draft", json={}, headers={"X-CSRF-Token": token})
+        assert r.status_code == 502 and "only drafts with the endpoints" in r.json()["error"]
+        assert attacker.seen == []  # the server sent nothing there

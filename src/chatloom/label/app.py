@@ -24,16 +24,20 @@ __all__ = ["create_app", "NotLoggedIn", "Viewer", "local_path"]
 
 
 def create_app(database: Database | str, *, secure_cookies: bool = False, limiter: auth.LoginLimiter | None = None,
-               draft_endpoints: drafts.Endpoints | None = None, tokenizer_dirs: Iterable[str | Path] = ()) -> FastAPI:
+               draft_endpoints: drafts.Endpoints | None = None, tokenizer_dirs: Iterable[str | Path] = (),
+               allow_draft_urls: bool = True) -> FastAPI:
     """The app for `database`. `draft_endpoints`: the operator's named endpoints with their keys (default: from the
-    environment, see `drafts`); `tokenizer_dirs`: the folders admins may pick project tokenizers from."""
+    environment, see `drafts`); `tokenizer_dirs`: the folders admins may pick project tokenizers from;
+    `allow_draft_urls`: whether admins may type draft URLs of their own (sent no key; off: only the named endpoints,
+    so the server never sends requests where an admin points it)."""
     db = database if isinstance(database, Database) else Database(database)
     with db.session() as s:
         secret = auth.app_secret(s)
     label = LabelApp(db=db, secret=secret, templates=make_templates(), limiter=limiter or auth.LoginLimiter(),
                      secure_cookies=secure_cookies,
                      draft_endpoints=drafts.Endpoints.configure() if draft_endpoints is None else draft_endpoints,
-                     tokenizer_dirs=tuple(Path(d).expanduser().resolve() for d in tokenizer_dirs))
+                     tokenizer_dirs=tuple(Path(d).expanduser().resolve() for d in tokenizer_dirs),
+                     allow_draft_urls=allow_draft_urls)
 
     app = FastAPI(title="chatloom label", dependencies=[Depends(csrf_guard)], docs_url=None, redoc_url=None,
                   openapi_url=None)

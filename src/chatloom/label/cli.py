@@ -68,6 +68,9 @@ def serve(db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP),
           tokenizer_dir: list[Path] = typer.Option([], "--tokenizer-dir", help=(
               "A folder admins may pick project tokenizers from (repeatable); without one, projects use the bundled "
               "tokenizer.")),
+          allow_draft_urls: bool = typer.Option(True, "--allow-draft-urls/--no-draft-urls", help=(
+              "Whether admins may type draft URLs of their own (never sent a key). --no-draft-urls: only the "
+              "--draft-endpoint names, so the server sends nothing where an admin points it.")),
           forwarded_allow_ips: str = typer.Option(None, "--forwarded-allow-ips", help=(
               "Comma-separated proxy addresses whose X-Forwarded-For is believed (default: none; the client is the TCP "
               "peer)."))):
@@ -91,7 +94,8 @@ def serve(db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP),
     threading.Thread(target=warm_up, args=(database,), daemon=True).start()
     console.print(f"chatloom label on http://{host}:{port}/login · database {db}"
                   + (f" · draft endpoints: {', '.join(endpoints.names())}" if len(endpoints) else ""))
-    app_ = create_app(database, secure_cookies=secure_cookies, draft_endpoints=endpoints, tokenizer_dirs=tokenizer_dir)
+    app_ = create_app(database, secure_cookies=secure_cookies, draft_endpoints=endpoints, tokenizer_dirs=tokenizer_dir,
+                      allow_draft_urls=allow_draft_urls)
     uvicorn.Server(server_config(app_, host, port, forwarded_allow_ips, log_level="info")).run()
 
 

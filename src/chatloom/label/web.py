@@ -57,10 +57,11 @@ class LabelApp:
     secure_cookies: bool = False
     draft_endpoints: drafts.Endpoints = field(default_factory=drafts.Endpoints)
     tokenizer_dirs: tuple[Path, ...] = ()
+    allow_draft_urls: bool = True
 
     def settings_policy(self) -> service.SettingsPolicy:
         return service.SettingsPolicy(draft_endpoints=tuple(self.draft_endpoints.names()),
-                                      tokenizer_dirs=self.tokenizer_dirs)
+                                      tokenizer_dirs=self.tokenizer_dirs, allow_draft_urls=self.allow_draft_urls)
 
 
 @lru_cache(maxsize=64)

@@ -27,7 +27,7 @@ def settings_from(form) -> dict:
 
 def admin_context(request: Request) -> dict:
     app = state(request)
-    return {"roles": ROLES, "endpoints": app.draft_endpoints.public(),
+    return {"roles": ROLES, "endpoints": app.draft_endpoints.public(), "allow_draft_urls": app.allow_draft_urls,
             "tokenizer_dirs": [str(d) for d in app.tokenizer_dirs]}
 
 

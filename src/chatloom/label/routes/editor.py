@@ -28,6 +28,9 @@ def draft(request: Request, task_id: Id, who: AnyUser):
     with app.db.session(readonly=True) as s:
         project, messages = service.draft_request(s, task_id, who)
         endpoint = drafts.endpoint_for(project, app.draft_endpoints)
+    if endpoint.name is None and not app.allow_draft_urls:  # a URL typed before the operator turned them off
+        raise drafts.DraftError("this server only drafts with the endpoints its operator configured; pick one in the "
+                                "project's settings")
     model, text = drafts.draft_reply(endpoint, messages)  # outside any transaction: the network can be slow
     with app.db.session() as s:
         service.store_draft(s, task_id, who, model, text)
