@@ -117,8 +117,9 @@ def test_evaluate_scores_a_scripted_engine_exactly(tiny_engine):
     assert report["n"] == len(CASES) and report["label"] == "scripted"
     for key, value in EXPECTED.items():
         assert report["metrics"][key] == pytest.approx(value), key
-    assert report["adherence"] == pytest.approx({"stopped": 12 / 13, "leaked": 2 / 13})
-    assert report["probes"]["arithmetic"] == {"n": 4, "passed": 2, "rate": 0.5}
+    assert (report["adherence"]["stopped"], report["adherence"]["leaked"]) == pytest.approx((12 / 13, 2 / 13))
+    arithmetic = report["probes"]["arithmetic"]
+    assert (arithmetic["n"], arithmetic["passed"], arithmetic["rate"]) == (4, 2, 0.5)
     assert [s["passed"] for s in report["samples"]] == [True, False, True, True, False, True, False, True, False, True,
                                                          False, True, None]
     for (conv, reply, stops), s in zip(CASES, report["samples"], strict=True):
@@ -169,22 +170,23 @@ def few():
 
 @pytest.fixture(scope="module")
 def trained_dir(tiny_dir, few, tmp_path_factory):
-    """The tiny model after 40 SFT steps on the probes themselves: it must have learned them, the untrained one not."""
+    """The tiny model after 120 SFT steps on the probes themselves: it must have learned them, the untrained one not."""
     from chatloom.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained")
     save(few, out / "few.jsonl")
     train(TrainConfig(out=str(out / "trained"), model=str(tiny_dir), data=[str(out / "few.jsonl")], protocol="chatml",
-                      max_steps=40, seq_len=128, batch_size=2, lr=3e-3, warmup_steps=3, progress=False, seed=0))
+                      max_steps=120, seq_len=128, batch_size=2, lr=3e-3, warmup_steps=3, progress=False, seed=0))
     return out / "trained"
 
 
 def test_side_by_side_report_of_a_trained_and_an_untrained_model(tiny_dir, trained_dir, few):
-    random = evaluate(tiny_dir, few, max_tokens=16, progress=False, label="untrained")
-    tuned = evaluate(trained_dir, few, max_tokens=16, progress=False, label="trained")
-    assert tuned["metrics"]["heldout_loss"] < random["metrics"]["heldout_loss"] - 2.0  # it learned the probes
+    random = evaluate(tiny_dir, few, max_tokens=48, progress=False, label="untrained")
+    tuned = evaluate(trained_dir, few, max_tokens=48, progress=False, label="trained")
+    # measured: 9.05 -> 1.02 nats, adherence 0% -> 100%
+    assert tuned["metrics"]["heldout_loss"] < random["metrics"]["heldout_loss"] - 4.0  # it learned the probes
     assert random["metrics"]["heldout_loss"] > 0.8 * math.log(len(load_tokenizer_of(tiny_dir)))  # ~uniform guess
-    assert random["metrics"]["protocol_adherence"] == 0.0 < tuned["metrics"]["protocol_adherence"]
+    assert random["metrics"]["protocol_adherence"] == 0.0 and tuned["metrics"]["protocol_adherence"] >= 0.6
     assert [s["reply"] for s in random["samples"]] != [s["reply"] for s in tuned["samples"]]
     page = to_html([random, tuned])
     assert page.index("<th>untrained</th>") < page.index("<th>trained</th>")
@@ -217,7 +219,7 @@ def test_eval_cli_compare(tiny_dir, trained_dir, few, tmp_path):
     reports = json.loads((tmp_path / "r.json").read_text())
     assert [r["model"] for r in reports] == [str(trained_dir), str(tiny_dir)]
     assert [r["n"] for r in reports] == [6, 6]
-    assert reports[0]["metrics"]["heldout_loss"] < reports[1]["metrics"]["heldout_loss"] - 2.0
+    assert reports[0]["metrics"]["heldout_loss"] < reports[1]["metrics"]["heldout_loss"] - 4.0
     alone = evaluate(tiny_dir, data, max_tokens=8, progress=False)  # the same numbers as evaluating it directly
     assert reports[1]["metrics"] == alone["metrics"]
     page = (tmp_path / "r.html").read_text()
