@@ -92,7 +92,8 @@ def test_second_run_reuses_cached_base(tiny_run, tmp_path):
 
 
 # A measured full run (README): 13.7 min of wall time, of which 466 s + 310 s training, so ~46 s for the rest
-# (loading, timing the steps, evaluating two models, the report).
+# (loading, timing the steps, evaluating two models, the report). Measured before the held-out set grew and the
+# imitation analysis came; not re-measured since (a full run takes 15 minutes of both cores).
 MEASURED_NON_TRAINING_SECONDS = 13.7 * 60 - (466 + 310)
 
 
