@@ -47,7 +47,7 @@ def test_tiny_quickstart_writes_model_report_and_stops(tiny_run):
         assert piece in page, piece
     base, tuned = result.reports
     assert base["label"] == "base" and tuned["label"] == "sft" and base["n"] == tuned["n"] == 30
-    assert tuned["metrics"]["heldout_loss"] < base["metrics"]["heldout_loss"] - 3.0  # measured: 8.64 -> 2.28
+    assert tuned["metrics"]["heldout_loss"] < base["metrics"]["heldout_loss"] - 3.0  # measured: 8.65 -> 1.91
     # the base continues documents: it never ends a turn; the SFT model ends most (measured: 30 of 30, every run)
     assert base["adherence"]["stopped"] == 0.0 and base["metrics"]["protocol_adherence"] == 0.0
     assert tuned["adherence"]["stopped"] >= 0.8 and tuned["metrics"]["protocol_adherence"] >= 0.8, tuned["adherence"]
