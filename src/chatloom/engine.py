@@ -632,7 +632,11 @@ class _Row:
             logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
         if p.greedy:
             return int(logits.argmax())
-        logits = logits / p.temperature
+        logits = logits.double()  # a temperature like 1e-200 is 0 in float32
+        overflowed = torch.isposinf(logits)
+        if overflowed.any():  # a tiny repetition_penalty pushed logits to +inf: those tokens share the mass
+            logits = torch.where(overflowed, 0.0, float("-inf")).double()
+        logits = (logits - logits.max()) / p.temperature  # shifted first: a tiny temperature gives -inf, never NaN
         if p.top_k and p.top_k < logits.shape[-1]:
             kth = torch.topk(logits, p.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
