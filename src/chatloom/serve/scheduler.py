@@ -97,23 +97,30 @@ class Scheduler:
             idle = not batch.rows
             jobs, stopping = self._admit(self.max_batch - len(batch.rows), wait=idle, can_join=batch.can_join)
             requests = [r for j in jobs for r in j.requests]
-            if requests:
-                if idle:
-                    self.batches += 1
-                else:
-                    self.joined += len(requests)
-                batch.add(requests)
-                self.failed += sum(r.error is not None for r in requests)
-            self.running = len(batch.rows)
-            self.largest_batch = max(self.largest_batch, self.running)
-            if stopping:
-                self._shut_down(batch)
-                return
-            if batch.rows:
-                ended = batch.step()
-                self.cancelled += sum(r.cancelled and r.error is None for r in ended)
-                self.failed += sum(r.error is not None for r in ended)
+            try:
+                if requests:
+                    if idle:
+                        self.batches += 1
+                    else:
+                        self.joined += len(requests)
+                    batch.add(requests)
+                    self.failed += sum(r.error is not None for r in requests)
                 self.running = len(batch.rows)
+                self.largest_batch = max(self.largest_batch, self.running)
+                if stopping:
+                    self._shut_down(batch)
+                    return
+                if batch.rows:
+                    ended = batch.step()
+                    self.cancelled += sum(r.cancelled and r.error is None for r in ended)
+                    self.failed += sum(r.error is not None for r in ended)
+                    self.running = len(batch.rows)
+            except Exception as e:  # a bug in the batch itself: end its rows, keep the thread serving
+                for row in batch.rows:
+                    row.fail(e)
+                self.failed += len(batch.rows)
+                batch = self.engine.batch()
+                self.running = 0
 
     def _admit(self, room: int, wait: bool, can_join: bool) -> tuple[list[Job], bool]:
         """Jobs that fit in `room` rows, first come first served (the head of the line is never skipped); when `wait`
