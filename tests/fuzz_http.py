@@ -198,7 +198,7 @@ def live(app, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free loopback port in a thread; yields the base URL, stops on exit."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="auto"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

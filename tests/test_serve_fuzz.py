@@ -6,6 +6,8 @@ still gets the engine's own greedy reply afterwards."""
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 from hypothesis import strategies as st
@@ -27,6 +29,7 @@ from .fuzz_http import (
 )
 from .test_engine import make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
+EXAMPLES = int(os.environ.get("CHATLOOM_FUZZ_EXAMPLES", "150"))  # per route; raise it for a longer hunt
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
 VALID_CHAT = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 20,
               "n": 1, "stop": ["\n\n"], "seed": 3, "stream": False, "repetition_penalty": 1.1,
@@ -71,8 +74,7 @@ def no_error_inside(response: httpx.Response, body) -> None:
 def test_chat_completions_never_answers_5xx(server, engine):
     url, app = server
     bodies = st.one_of(mutations(VALID_CHAT, CHAT_FIELDS), mutations(VALID_CHAT, CHAT_FIELDS), json_values(), raw_bodies())
-    statuses = assert_never_5xx(Target(url, "/v1/chat/completions"), bodies, max_examples=int(__import__("os").environ.get("FUZZ_N", 150)), check=no_error_inside)
-    print(statuses)
+    statuses = assert_never_5xx(Target(url, "/v1/chat/completions"), bodies, max_examples=EXAMPLES, check=no_error_inside)
     assert statuses[200] > 0 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 0, statuses
     health = httpx.get(url + "/health").json()
     assert health["failed"] == 0, health  # nothing the fuzzer sent got past the edge and failed inside the decoder
@@ -83,7 +85,7 @@ def test_tokens_never_answers_5xx(server, engine):
     url, _ = server
     fields = {"messages": MESSAGE_LISTS, "add_generation_prompt": json_values(2)}
     bodies = st.one_of(mutations(VALID_TOKENS, fields), mutations(VALID_TOKENS, fields), json_values(), raw_bodies())
-    statuses = assert_never_5xx(Target(url, "/v1/tokens"), bodies, max_examples=int(__import__("os").environ.get("FUZZ_N", 120)))
+    statuses = assert_never_5xx(Target(url, "/v1/tokens"), bodies, max_examples=EXAMPLES)
     assert statuses[200] > 0, statuses
     data = httpx.post(url + "/v1/tokens", json=VALID_TOKENS).json()
     assert data["ids"] == engine.protocol.render(Conversation.from_dict({"messages": VALID_TOKENS["messages"]})).ids
