@@ -6,10 +6,13 @@ transformers forward, the path for non-Llama models), `chatloom_int8` (--int8: d
 built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
 numbers are new tokens per second of the same work: per wall-clock second (`*_tok_s`, `ratio_*`) and per second of
 this process's CPU time (`*_tok_per_cpu_s`, `cpu_ratio_*`), which is far steadier when other jobs share the CPU
-(use --threads 1 there; two OpenMP threads on a busy CPU wait for each other). Optionally (--server) it also measures an OpenAI-compatible
-`chatloom serve` with 8 concurrent clients. Timings on a shared CPU are noisy: read the ratios, measured in the same run.
+(use --threads 1 there; two OpenMP threads on a busy CPU wait for each other). Optionally (--server) it also measures
+`chatloom serve` over loopback: 16 streaming clients arriving 100 ms apart, time to first token p50/p95 and completed
+tokens/s, with continuous batching and batch at a time (the scheduler before it), alternating in the same run.
+Timings on a shared CPU are noisy: read the ratios, measured in the same run.
 
-    python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--server] [--threads N]
+    python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--threads N]
+                             [--server [--server-only] [--clients 16] [--arrival 0.1] [--max-batch 8]]
                              [--gguf SmolLM2-135M-Instruct.Q4_1.gguf | --model-dir DIR]
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -135,49 +137,84 @@ def bench_models(args) -> dict:
 
 
 def bench_server(args) -> dict:
-    """8 concurrent OpenAI clients against a real uvicorn server on loopback."""
-    import uvicorn
-    from openai import OpenAI
+    """`--clients` streaming clients arriving `--arrival` seconds apart against a real uvicorn server on loopback, each
+    asking for exactly `--new` tokens: time to first token (p50/p95, from each client's own start) and completed tokens
+    per second (all tokens / first start to last finish). Measured twice on the same server and model, alternating:
+    with continuous batching (new requests join the running batch at the next step) and batch at a time (the scheduler
+    before continuous batching: a request arriving mid-batch waits for the whole batch)."""
+    import httpx
 
     from chatloom.serve.app import create_app
 
     dtype = getattr(torch, args.dtype[-1])
     model, proto = build(dtype, args.model_dir)
     engine = no_stop_engine(model, proto)
-    with tempfile.TemporaryDirectory():
-        app = create_app(engine, model_name="bench")
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
-        tokens, latencies = [], []
+    app = create_app(engine, model_name="bench", max_batch=args.max_batch)
+    scheduler = app.state.scheduler
+    server, thread = start_server(app)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
 
-        def one(i):
-            t = time.perf_counter()
-            r = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": PROMPTS[i % 8]}],
-                                               max_tokens=args.new, temperature=0)
-            latencies.append(time.perf_counter() - t)
-            tokens.append(r.usage.completion_tokens)
+    def one(i: int, start: float, out: list) -> None:
+        time.sleep(max(0.0, start + i * args.arrival - time.perf_counter()))
+        began, first, tokens = time.perf_counter(), None, 0
+        body = {"model": "bench", "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                "max_tokens": args.new, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", url, json=body, timeout=1200) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if first is None and any(c["delta"].get("content") for c in chunk.get("choices", [])):
+                    first = time.perf_counter()
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        out.append({"ttft": (first or time.perf_counter()) - began, "began": began, "ended": time.perf_counter(),
+                    "tokens": tokens})
 
-        one(0)
-        tokens.clear()
-        latencies.clear()
-        start = time.perf_counter()
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(args.clients)]
+    def wave() -> dict:
+        out: list = []
+        start = time.perf_counter() + 0.2
+        threads = [threading.Thread(target=one, args=(i, start, out)) for i in range(args.clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        elapsed = time.perf_counter() - start
+        ttft = sorted(o["ttft"] for o in out)
+        elapsed = max(o["ended"] for o in out) - min(o["began"] for o in out)
+        assert all(o["tokens"] == args.new for o in out), [o["tokens"] for o in out]
+        return {"ttft_p50_s": statistics.median(ttft), "ttft_p95_s": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
+                "completed_tok_s": sum(o["tokens"] for o in out) / elapsed, "seconds": elapsed}
+
+    modes = {"continuous": (True, 0.0), "batch_at_a_time": (False, 0.02)}  # (continuous, gather_seconds)
+    try:
+        scheduler.continuous = True
+        one(0, time.perf_counter(), [])  # warm up
+        runs = {name: [] for name in modes}
+        for _ in range(args.server_repeats):  # alternating, so both see the same load on a shared CPU
+            for name, (continuous, gather) in modes.items():
+                scheduler.continuous, scheduler.gather_seconds = continuous, gather
+                runs[name].append(wave())
+    finally:
         server.should_exit = True
         thread.join(timeout=10)
-    return {f"server/{args.clients}_clients/{args.dtype[-1]}": {"completed_tok_s": round(sum(tokens) / elapsed, 2),
-                                                               "requests": len(tokens),
-                                                               "median_latency_s": round(statistics.median(latencies), 2)}}
+    key = f"server/{args.clients}_clients_{int(args.arrival * 1000)}ms_apart/{args.dtype[-1]}/max_batch{args.max_batch}"
+    results = {}
+    for name, rows in runs.items():
+        results[f"{key}/{name}"] = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
+    return results
+
+
+def start_server(app):
+    """Start uvicorn on a free loopback port in a thread; returns (server, thread)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, thread
 
 
 def main():
@@ -188,7 +225,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
     parser.add_argument("--int8", action="store_true", help="also chatloom with dynamic int8 weights (vs transformers fp32)")
     parser.add_argument("--server", action="store_true")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=16, help="--server: streaming clients")
+    parser.add_argument("--arrival", type=float, default=0.1, help="--server: seconds between client arrivals")
+    parser.add_argument("--max-batch", type=int, default=8, help="--server: rows decoded together")
+    parser.add_argument("--server-repeats", type=int, default=1, help="--server: alternating repeats per mode")
+    parser.add_argument("--server-only", action="store_true", help="skip the engine contenders")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--gguf", type=Path, default=None, help="measure this GGUF model (converted once to --cache)")
@@ -201,7 +242,8 @@ def main():
         args.model_dir = model_dir_from_gguf(args.gguf, args.cache)
     name = str(args.model_dir) if args.model_dir else "SmolLM2-135M shape, random weights"
     results = {"model": name, "new_tokens": args.new, "torch_threads": torch.get_num_threads()}
-    results.update(bench_models(args))
+    if not args.server_only:
+        results.update(bench_models(args))
     if args.server:
         results.update(bench_server(args))
     text = json.dumps(results, indent=2)

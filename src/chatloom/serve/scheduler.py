@@ -49,8 +49,10 @@ class Scheduler:
     from idle), `largest_batch` (most rows decoding together), `joined` (rows that joined a running batch),
     `cancelled` (rows ended early because their client went away), `failed` (rows that ended with an error)."""
 
-    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 256, gather_seconds: float = 0.0):
+    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 256, gather_seconds: float = 0.0,
+                 continuous: bool = True):
         self.engine = engine
+        self.continuous = continuous  # False: admit only when idle, a batch at a time (for comparison in benchmarks)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.gather_seconds = gather_seconds  # when idle, wait this long after a first request for others to join it
@@ -95,7 +97,8 @@ class Scheduler:
         batch = self.engine.batch()
         while True:
             idle = not batch.rows
-            jobs, stopping = self._admit(self.max_batch - len(batch.rows), wait=idle, can_join=batch.can_join)
+            jobs, stopping = self._admit(self.max_batch - len(batch.rows), wait=idle,
+                                         can_join=self.continuous and batch.can_join)
             requests = [r for j in jobs for r in j.requests]
             try:
                 if requests:
