@@ -269,8 +269,9 @@ class Engine:
         batch = Batch(self)
         batch.add(requests)
         while batch.rows:
-            batch.step()
-            yield len(batch.rows)
+            batch.pick()
+            yield len(batch.rows)  # before the next forward, so a stream hands out its text at once
+            batch.feed()
         errors = [r.error for r in requests if r.error is not None and r.on_error is None]
         if errors:
             raise errors[0]
@@ -326,6 +327,7 @@ class Batch:
         self.positions: torch.Tensor | None = None  # (B, 1): the position of each row's next token
         self.logits: torch.Tensor | None = None  # (B, vocab): each row's next-token logits
         self.plain = True  # no padding and positions equal columns: the forward needs neither mask nor positions
+        self.pending: list[int] | None = None  # tokens picked but not yet fed (between `pick` and `feed`)
 
     @property
     def can_join(self) -> bool:
@@ -336,6 +338,7 @@ class Batch:
     @torch.inference_mode()
     def add(self, requests: Sequence[Request]) -> None:
         """Prefill these requests and take them into the batch (they are sampled at the next `step`)."""
+        self.feed()
         rows = []
         for request in requests:
             try:
@@ -397,15 +400,22 @@ class Batch:
         self.plain = bool(new_mask.all()) and bool((new_positions == width).all())
 
     # ---------------------------------------------------------------------------------------------- one step
-    @torch.inference_mode()
     def step(self) -> list[Request]:
         """Sample one token for every row, retire finished rows, and run the forward for the others. Returns the
         requests that ended in this step (finished, cancelled or failed)."""
+        ended = self.pick()
+        return ended + self.feed()
+
+    @torch.inference_mode()
+    def pick(self) -> list[Request]:
+        """The first half of a step: sample and hand out one token per row; finished rows leave at once. Returns the
+        requests that ended. `feed()` then runs the forward (streaming callers hand out text between the two)."""
+        ended = self.feed()  # a pick without its feed: finish that step first
         if not self.rows:
-            return []
+            return ended
         engine = self.engine
         tokens = self._sample(self.logits[:, :len(engine.tokenizer)].float())  # padded vocab rows never win
-        keep, ended = [], []
+        keep = []
         for k, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
             done = True
             if token is not None:
@@ -418,17 +428,33 @@ class Batch:
             else:
                 keep.append(k)
         try:
-            with engine.lock:
-                if len(keep) < len(self.rows):
+            if len(keep) < len(self.rows):
+                with engine.lock:
                     self._retire(keep)
-                    tokens = [tokens[k] for k in keep]
-                if self.rows:
-                    self._forward(tokens)
-        except Exception as e:  # the shared forward failed: every row ends with the error
-            for row in self.rows:
-                row.fail(e)
-                ended.append(row.request)
-            self._clear()
+            self.pending = [tokens[k] for k in keep] if self.rows else None
+        except Exception as e:
+            ended += self._fail_all(e)
+        return ended
+
+    @torch.inference_mode()
+    def feed(self) -> list[Request]:
+        """The second half of a step: one forward for the tokens `pick()` chose. If the shared forward fails, every
+        row ends with the error (returned)."""
+        if self.pending is None:
+            return []
+        tokens, self.pending = self.pending, None
+        try:
+            with self.engine.lock:
+                self._forward(tokens)
+        except Exception as e:
+            return self._fail_all(e)
+        return []
+
+    def _fail_all(self, error: BaseException) -> list[Request]:
+        ended = [row.request for row in self.rows]
+        for row in self.rows:
+            row.fail(error)
+        self._clear()
         return ended
 
     def _sample(self, logits: torch.Tensor) -> list[int | None]:
@@ -468,6 +494,7 @@ class Batch:
 
     def _clear(self) -> None:
         self.rows, self.backend, self.mask, self.positions, self.logits, self.plain = [], None, None, None, None, True
+        self.pending = None
 
 
 def _fail(request: Request, error: BaseException) -> None:
