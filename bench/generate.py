@@ -9,6 +9,8 @@ this process's CPU time (`*_tok_per_cpu_s`, `cpu_ratio_*`), which is far steadie
 (use --threads 1 there; two OpenMP threads on a busy CPU wait for each other). Optionally (--server) it also measures
 `chatloom serve` over loopback: 16 streaming clients arriving 100 ms apart, time to first token p50/p95 and completed
 tokens/s, with continuous batching and batch at a time (the scheduler before it), alternating in the same run.
+Batch-1 decoding is bound by memory bandwidth, so the bench also measures the read bandwidth (a 1 GB buffer) and, per
+path, the limit = bandwidth / weight bytes read per token and the fraction of it reached (`*_fraction_of_limit`).
 Timings on a shared CPU are noisy: read the ratios, measured in the same run.
 
     python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--threads N]
@@ -106,17 +108,56 @@ def time_hf(model, proto, convs, new: int) -> float:
     return len(convs) * new / elapsed, len(convs) * new / cpu
 
 
+def read_bandwidth(gigabytes: float = 1.0, repeats: int = 5) -> float:
+    """The memory read bandwidth this process gets, in GB/s: the fastest of `repeats` sums over a buffer of
+    `gigabytes` (far larger than any cache), with the current torch threads."""
+    buffer = torch.ones(int(gigabytes * 2**30) // 4, dtype=torch.float32)
+    buffer.sum()  # pages touched before timing
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return buffer.numel() * 4 / best / 1e9
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one batch-1 decoding step must read: every matrix, bias and norm once (a tied output head reads
+    the whole embedding matrix), plus one row of the input embedding. Dynamic int8 Linears count one byte a weight."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            continue
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and callable(getattr(module, "weight", None)):  # torch.ao dynamic quantized Linear
+            weight, bias = module.weight(), module.bias()
+            total += weight.numel() * weight.element_size() + (bias.numel() * bias.element_size() if bias is not None else 0)
+            continue
+        for param in module.parameters(recurse=False):
+            if id(param) not in seen:
+                seen.add(id(param))
+                total += param.numel() * param.element_size()
+    embed = model.get_input_embeddings().weight
+    return total + embed.shape[1] * embed.element_size()
+
+
 def bench_models(args) -> dict:
     results = {}
+    bandwidth = read_bandwidth() if args.bandwidth else None
+    if bandwidth:
+        results["read_bandwidth_GB_s"] = round(bandwidth, 2)
+        print(json.dumps({"read_bandwidth_GB_s": results["read_bandwidth_GB_s"]}), flush=True)
     for dtype_name in args.dtype:
         model, proto = build(getattr(torch, dtype_name), args.model_dir)
         contenders = {"chatloom": lambda convs, e=no_stop_engine(model, proto): time_engine(e, convs, args.new),
                       "chatloom_transformers_forward": lambda convs, e=no_stop_engine(model, proto, fast=False):
                           time_engine(e, convs, args.new),
                       "transformers_generate": lambda convs, m=model, p=proto: time_hf(m, p, convs, args.new)}
+        weight_bytes = {name: weight_bytes_per_token(model) for name in contenders}
         if dtype_name == "float32" and args.int8:
             quantized = no_stop_engine(quantize_weights(model), proto)
             contenders["chatloom_int8"] = lambda convs, e=quantized: time_engine(e, convs, args.new)
+            weight_bytes["chatloom_int8"] = weight_bytes_per_token(quantized.model)
         for batch in args.batch:
             convs = [Conversation.of(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
             for fn in contenders.values():
@@ -131,6 +172,12 @@ def bench_models(args) -> dict:
                 if name != "transformers_generate":
                     row[f"ratio_{name}"] = round(row[f"{name}_tok_s"] / row["transformers_generate_tok_s"], 2)
                     row[f"cpu_ratio_{name}"] = round(row[f"{name}_tok_per_cpu_s"] / row["transformers_generate_tok_per_cpu_s"], 2)
+            if bandwidth and batch == 1:  # the ceiling: every weight byte read once per token at the measured bandwidth
+                for name in contenders:
+                    limit = bandwidth * 1e9 / weight_bytes[name]
+                    row[f"{name}_weight_MB_per_token"] = round(weight_bytes[name] / 1e6, 1)
+                    row[f"{name}_bandwidth_limit_tok_s"] = round(limit, 2)
+                    row[f"{name}_fraction_of_limit"] = round(row[f"{name}_tok_s"] / limit, 3)
             results[f"{dtype_name}/batch{batch}"] = row
             print(json.dumps({f"{dtype_name}/batch{batch}": row}), flush=True)
     return results
@@ -224,6 +271,8 @@ def main():
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
     parser.add_argument("--int8", action="store_true", help="also chatloom with dynamic int8 weights (vs transformers fp32)")
+    parser.add_argument("--no-bandwidth", dest="bandwidth", action="store_false",
+                        help="skip measuring read bandwidth (a 1 GB buffer) and each path's fraction of the limit")
     parser.add_argument("--server", action="store_true")
     parser.add_argument("--clients", type=int, default=16, help="--server: streaming clients")
     parser.add_argument("--arrival", type=float, default=0.1, help="--server: seconds between client arrivals")
