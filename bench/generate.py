@@ -1,8 +1,9 @@
 """Decoding speed: chatloom's engine versus transformers `generate()` on the same model and prompts (greedy).
 
 Contenders: `chatloom` (the engine's lean Llama decoder), `chatloom_transformers_forward` (the engine's loop over the
-transformers forward, the path for non-Llama models), `chatloom_int8` (--int8: dynamic int8 weights) and
-`transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
+transformers forward, the path for non-Llama models), with --int8 `chatloom_int8` (dynamic int8 Linears through the
+transformers forward) and `chatloom_int8_lean` (per-channel int8 inside the lean decoder, what `--quantize int8` uses for
+Llama-family models), and `transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
 built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
 numbers are new tokens per second of the same work: per wall-clock second (`*_tok_s`, `ratio_*`) and per second of
 this process's CPU time (`*_tok_per_cpu_s`, `cpu_ratio_*`), which is far steadier when other jobs share the CPU
@@ -79,8 +80,8 @@ def model_dir_from_gguf(gguf: Path, cache: Path) -> Path:
     return out
 
 
-def no_stop_engine(model, proto, fast: bool = True) -> Engine:
-    engine = Engine(model, proto, fast=fast)
+def no_stop_engine(model, proto, fast: bool = True, quantize: str | None = None) -> Engine:
+    engine = Engine(model, proto, fast=fast, quantize=quantize)
     engine.stop_ids = set()  # generate exactly max_tokens, like generate(min_new_tokens=...)
     return engine
 
@@ -158,6 +159,9 @@ def bench_models(args) -> dict:
             quantized = no_stop_engine(quantize_weights(model), proto)
             contenders["chatloom_int8"] = lambda convs, e=quantized: time_engine(e, convs, args.new)
             weight_bytes["chatloom_int8"] = weight_bytes_per_token(quantized.model)
+            lean = no_stop_engine(model, proto, quantize="int8")  # per-channel int8 inside the lean decoder
+            contenders["chatloom_int8_lean"] = lambda convs, e=lean: time_engine(e, convs, args.new)
+            weight_bytes["chatloom_int8_lean"] = weight_bytes["chatloom_int8"]  # the same matrices, one byte each
         for batch in args.batch:
             convs = [Conversation.of(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
             for fn in contenders.values():

@@ -146,11 +146,16 @@ class Engine:
     """KV-cache sampling from `protocol.prompt(conv)` for any transformers causal LM (Llama-family models go through
     the lean `engine_llama.LlamaDecoder` unless `fast=False`)."""
 
-    def __init__(self, model, protocol: Protocol, max_context: int | None = None, fast: bool = True):
+    def __init__(self, model, protocol: Protocol, max_context: int | None = None, fast: bool = True,
+                 quantize: str | None = None):
         from .engine_llama import LlamaDecoder
 
+        if quantize not in (None, "int8"):
+            raise ValueError(f"unknown quantization {quantize!r}; supported: int8")
+        if quantize and not (fast and LlamaDecoder.supports(model)):
+            raise ValueError("quantize= needs the lean Llama decoder; for other models use quantize_weights(model)")
         self.model = model.eval()
-        self.decoder = LlamaDecoder(model) if fast and LlamaDecoder.supports(model) else None
+        self.decoder = LlamaDecoder(model, int8=quantize == "int8") if fast and LlamaDecoder.supports(model) else None
         self.protocol = protocol
         self.tokenizer = protocol.tokenizer
         config = getattr(model, "config", None)
@@ -168,7 +173,8 @@ class Engine:
                         quantize: str | None = None, fast: bool = True) -> Engine:
         """Load a model directory (HF format). `protocol`: a Protocol, a name, or None for `protocols.for_model(dir)`;
         `dtype`: e.g. "bfloat16" (about 1.7x faster decoding on AVX-512 bf16 CPUs); `quantize="int8"`: dynamic int8
-        weights for the linear layers (CPU; a quarter of the fp32 weight bytes per token, small accuracy loss)."""
+        weights for the linear layers (CPU; a quarter of the fp32 weight bytes per token, small accuracy loss), inside
+        the lean decoder for Llama-family models (per-channel scales), through the transformers forward otherwise."""
         from transformers import AutoModelForCausalLM
 
         from . import protocols
@@ -186,9 +192,15 @@ class Engine:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype or "auto")
         if model.get_input_embeddings().weight.shape[0] < len(protocol.tokenizer):
             model.resize_token_embeddings(len(protocol.tokenizer))
+        lean_int8 = False
         if quantize:
-            model = quantize_weights(model, quantize)
-        engine = cls(model, protocol, max_context=max_context, fast=fast)
+            from .engine_llama import LlamaDecoder
+
+            if fast and quantize == "int8" and LlamaDecoder.supports(model):
+                model, lean_int8 = model.float(), True  # int8 matrices inside the lean decoder
+            else:
+                model = quantize_weights(model, quantize)  # int8 Linears through the transformers forward
+        engine = cls(model, protocol, max_context=max_context, fast=fast, quantize="int8" if lean_int8 else None)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         special = set(protocol.tokenizer.special_tokens.values())  # a default config's eos=2 may be an ordinary token
         engine.stop_ids |= {i for i in ([eos] if isinstance(eos, int) else eos or []) if i in special}
