@@ -132,3 +132,58 @@ def test_scheduler_admits_first_come_first_served_within_max_batch(engine):  # n
     scheduler.stop()
     assert scheduler.largest_batch <= 2
     assert order.index("first") < order.index("wide-0") and order.index("wide-0") < order.index("later")
+
+
+def test_a_job_wider_than_max_batch_runs_alone_instead_of_waiting_forever(engine):  # noqa: F811
+    scheduler = Scheduler(engine, max_batch=1)
+    done, finished = [], threading.Event()
+
+    def on_finish(completion):
+        done.append(completion)
+        if len(done) == 3:
+            finished.set()
+
+    job = Job([engine.request(CONVS[0], SamplingParams(max_tokens=4, temperature=0), on_finish=on_finish)
+               for _ in range(3)])  # n=3 on a server with --max-batch 1
+    scheduler.submit(job)
+    assert finished.wait(120)
+    scheduler.stop()
+    assert [c.ids for c in done] == [solo(engine, CONVS[0], 4)] * 3
+
+
+def test_stopping_the_server_tells_every_decoding_and_waiting_request(engine):  # noqa: F811
+    endless = Engine(engine.model, engine.protocol)
+    endless.stop_ids = set()
+    scheduler = Scheduler(endless, max_batch=1)
+    paused, resume, errors = threading.Event(), threading.Event(), []
+
+    def hold(text):
+        if not paused.is_set():
+            paused.set()
+            resume.wait(60)
+
+    running = endless.request(CONVS[0], SamplingParams(max_tokens=400, temperature=0), on_delta=hold,
+                              on_error=errors.append)
+    scheduler.submit(Job([running]))
+    assert paused.wait(60)
+    waiting = endless.request(CONVS[1], SamplingParams(max_tokens=4, temperature=0))
+    waiting_job = Job([waiting], loop=_Recorder())
+    scheduler.submit(waiting_job)
+    stopper = threading.Thread(target=scheduler.stop)  # while the decoding thread is held mid-step
+    stopper.start()
+    assert scheduler.stopping.wait(60)
+    resume.set()
+    stopper.join(60)
+    assert not scheduler.thread.is_alive()
+    assert errors == ["RuntimeError: the server is shutting down"] and running.completion is None
+    assert waiting_job.loop.events == [("error", 0, "the server is shutting down")] and waiting.completion is None
+
+
+class _Recorder:
+    """Stands in for a job's event loop: records what the decoding thread emits."""
+
+    def __init__(self):
+        self.events = []
+
+    def call_soon_threadsafe(self, put, event):
+        self.events.append(event)

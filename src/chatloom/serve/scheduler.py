@@ -61,6 +61,7 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
         self.running = 0
+        self.stopping = threading.Event()
         self.batches = self.largest_batch = self.joined = self.cancelled = self.failed = 0
 
     @property
@@ -88,7 +89,9 @@ class Scheduler:
         self.queue.put(job)
 
     def stop(self) -> None:
-        self.queue.put(None)
+        """End the decoding thread at its next step; rows still decoding or waiting get an error event."""
+        self.stopping.set()
+        self.queue.put(None)  # wakes a thread waiting for work
         if self.thread is not None:
             self.thread.join(timeout=10)
 
@@ -99,6 +102,7 @@ class Scheduler:
             idle = not batch.rows
             jobs, stopping = self._admit(self.max_batch - len(batch.rows), wait=idle,
                                          can_join=self.continuous and batch.can_join)
+            stopping = stopping or self.stopping.is_set()
             requests = [r for j in jobs for r in j.requests]
             try:
                 if requests:
@@ -165,8 +169,8 @@ class Scheduler:
         for row in batch.rows:
             row.request.cancelled = True
             row.fail(RuntimeError(SHUTDOWN))
-        pending = list(self.carry)
-        while True:
+        pending = []
+        while True:  # the carried-over job first, then the queue
             job = self._take(block=False)
             if job is False:
                 break
