@@ -8,10 +8,10 @@ their own KV caches, padding and row selection; only the logits of the last posi
 the scripted token (so greedy decoding, sampling at any temperature, top-k/top-p and repetition penalties all pick it).
 
 Each row's script is chosen at prefill from its prompt (`reply` is a list of ids for every row, or a function of the
-decoded prompt text). All rows of a decoding run start together and advance one token per step, so step t of the reply
-is the t-th call after prefill. When the engine drops finished rows, the hook works out which rows are left from the
-tokens fed back (each must be the token it forced on that row one step earlier), and fails loudly if that is ambiguous
-or if a fed-back token is not the one the model emitted.
+decoded prompt text), and each row advances one token per forward. Rows that join a running batch (the server's
+continuous batching) are prefilled on their own and then decode after the running rows. When the engine drops finished
+rows, the hook works out which rows are left from the tokens fed back (each must be the token it forced on that row one
+step earlier), and fails loudly if that is ambiguous or if a fed-back token is not the one the model emitted.
 """
 
 from __future__ import annotations
@@ -27,16 +27,28 @@ from chatloom.engine import Engine
 FORCED = -1e9
 
 
+class _Row:
+    """One scripted row: its script, how many tokens were forced on it, and the last one (None: not forced)."""
+
+    def __init__(self, script: list[int], after: int | None):
+        self.script, self.after, self.emitted, self.last = script, after, 0, None
+
+    def next_token(self) -> int | None:
+        return self.script[self.emitted] if self.emitted < len(self.script) else self.after
+
+    def future(self) -> tuple:
+        """What this row will be forced to emit from now on (rows with the same future are interchangeable)."""
+        return tuple(self.script[self.emitted:]), self.after
+
+
 class Script:
     """The two hooks and the per-row state of one scripted model."""
 
     def __init__(self, model, tokenizer, stop_ids: set[int], reply: Sequence[int] | Callable[[str], Sequence[int]],
                  after: int | None = None, delay: float = 0.0):
         self.tokenizer, self.stop_ids, self.reply, self.after, self.delay = tokenizer, set(stop_ids), reply, after, delay
-        self.prompts: list[list[int]] = []
-        self.rows: list[list[int]] | None = None  # the script of each active row, in the engine's row order
-        self.last: list[int | None] = []  # the token forced on each active row at the previous step (None: not forced)
-        self.step = 0
+        self.rows: list[_Row] = []  # the rows that may still be decoding, in the engine's row order
+        self.joining: list[list[int]] | None = None  # prompts of a prefill whose logits come next
         model.get_input_embeddings().register_forward_pre_hook(self._inputs)
         model.get_output_embeddings().register_forward_hook(self._logits)
 
@@ -48,27 +60,26 @@ class Script:
     # ---------------------------------------------------------------------------------------------------- hooks
     def _inputs(self, module, args):
         ids = args[0]
-        if ids.shape[1] > 1:  # a prefill (or a full-sequence forward such as a loss): a new run starts
-            self.prompts = [self._unpad(row) for row in ids.tolist()]
-            self.rows, self.step = None, 0
+        if ids.shape[1] > 1:  # a prefill of rows that start (or join a running batch), or a full-sequence forward
+            self.joining = [self._unpad(row) for row in ids.tolist()]
             return
-        if self.rows is None:
-            raise AssertionError("a one-token step before any prefill")
-        self.step += 1
         self._follow([int(t) for t in ids[:, 0].tolist()])
 
     def _logits(self, module, args, out):
         if out.dim() == 3 and out.shape[1] != 1:
+            self.joining = None
             return None  # logits of every position (a loss, a reference forward): left alone
-        if self.rows is None:
-            self.rows = [self.script_for(p) for p in self.prompts]
-            self.last = [None] * len(self.rows)
-        if len(self.rows) != out.shape[0]:
-            raise AssertionError(f"{out.shape[0]} rows of logits for {len(self.rows)} scripted rows")
+        if self.joining is not None:  # the engine puts rows that join after the running ones
+            rows = [_Row(self.script_for(p), self.after) for p in self.joining]
+            self.rows, self.joining = self.rows + rows, None
+        else:
+            rows = self.rows
+        if len(rows) != out.shape[0]:
+            raise AssertionError(f"{out.shape[0]} rows of logits for {len(rows)} scripted rows")
         forced = out.clone()
-        for r, script in enumerate(self.rows):
-            token = script[self.step] if self.step < len(script) else self.after
-            self.last[r] = token
+        for r, row in enumerate(rows):
+            token = row.next_token()
+            row.emitted, row.last = row.emitted + 1, token
             if token is not None:
                 forced[r] = FORCED
                 forced[r, ..., token] = 0.0
@@ -84,28 +95,31 @@ class Script:
         return row[start:]
 
     def _follow(self, fed: list[int]) -> None:
-        """Which of the previous step's rows are still decoding, given the tokens fed back (in row order)."""
-        alive = [r for r, t in enumerate(self.last) if t is None or t not in self.stop_ids]  # a forced stop id ends a row
-        matches = list(self._subsequences(alive, fed, 0, 0, []))
-        if not matches:
-            raise AssertionError(f"fed back {fed}, but the model emitted {self.last} on its rows")
-        scripts = {tuple(tuple(self.rows[r]) for r in m) for m in matches}
-        if len(scripts) > 1:
-            raise AssertionError(f"cannot tell which rows are left from the fed-back tokens {fed}; script distinct "
-                                 "tokens for rows that may finish at different steps")
-        keep = matches[0]
-        self.rows, self.last = [self.rows[r] for r in keep], [self.last[r] for r in keep]
+        """Which rows are still decoding, given the tokens fed back in row order: an order-preserving choice of rows
+        whose last forced token is the one fed back (a row that was forced a stop id has ended). Rows that ended
+        without a stop id (length, stop string, a cancelled client, a finished batch) drop out here."""
+        alive = [row for row in self.rows if row.last is None or row.last not in self.stop_ids]
+        keep, futures = None, set()
+        for choice in self._choices(alive, fed, 0, 0, []):
+            futures.add(tuple(row.future() for row in choice))
+            if len(futures) > 1:
+                raise AssertionError(f"cannot tell which rows are left from the fed-back tokens {fed}; script "
+                                     "distinct tokens for rows that may finish at different steps")
+            keep = keep or choice
+        if keep is None:
+            raise AssertionError(f"fed back {fed}, but the model emitted {[row.last for row in alive]} on its rows")
+        self.rows = keep
 
-    def _subsequences(self, alive, fed, i, j, chosen):
-        """Order-preserving choices of len(fed) rows from `alive` whose emitted token equals the token fed back."""
+    def _choices(self, alive, fed, i, j, chosen):
+        """Order-preserving choices of len(fed) rows from `alive` whose last forced token equals the token fed back."""
         if j == len(fed):
             yield list(chosen)
             return
         for k in range(i, len(alive) - (len(fed) - j) + 1):
-            r = alive[k]
-            if self.last[r] is None or self.last[r] == fed[j]:
-                chosen.append(r)
-                yield from self._subsequences(alive, fed, k + 1, j + 1, chosen)
+            row = alive[k]
+            if row.last is None or row.last == fed[j]:
+                chosen.append(row)
+                yield from self._choices(alive, fed, k + 1, j + 1, chosen)
                 chosen.pop()
 
 

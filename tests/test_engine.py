@@ -183,6 +183,37 @@ def test_batch_rows_stop_independently(engine, fast):
     assert [c.completion_tokens for c in free] == [len(r) for r in reference]
 
 
+@pytest.mark.parametrize("fast", PATHS)
+def test_rows_that_join_a_running_batch_stop_on_their_own_script(engine, fast):
+    tok, eot = engine.tokenizer, engine.protocol.end_of_turn_id
+    convs = [*CONVS, Conversation.of("Count to four.")]
+    replies = {"Hello there": " one two three four five six", "Explain a dict": " x",
+               "ünïcödé": "A dict maps keys.\nUser: more", "Count to four": " 1 2 3 4"}
+    script = {k: tok.encode(v) + [eot] for k, v in replies.items()}
+    e = scripted(engine, by_prompt(tok, script), fast=fast)
+    deltas = {i: [] for i in range(4)}
+    requests = [e.request(c, p, on_delta=deltas[i].append) for i, (c, p) in enumerate(zip(convs, [
+        SamplingParams(max_tokens=40, temperature=0), SamplingParams(max_tokens=40, temperature=0),
+        SamplingParams(max_tokens=40, temperature=0.5, seed=1, stop=["\nUser:"]), SamplingParams(max_tokens=3)],
+        strict=True))]
+    batch = e.batch()
+    batch.add(requests[:1])
+    batch.step()
+    batch.step()  # the first row has two tokens when the others join
+    assert batch.can_join
+    batch.add(requests[1:])
+    while batch.rows:
+        batch.step()
+    k = first_prefix_containing(tok, script["ünïcödé"], "\nUser:")
+    out = [r.completion for r in requests]
+    assert [c.finish_reason for c in out] == ["stop", "stop", "stop", "length"]
+    assert [c.ids for c in out] == [script["Hello there"], script["Explain a dict"], script["ünïcödé"][:k],
+                                    script["Count to four"][:3]]
+    assert [c.text for c in out] == [" one two three four five six", " x", "A dict maps keys.", tok.decode(script["Count to four"][:3])]
+    assert ["".join(d) for d in deltas.values()] == [c.text for c in out]
+    assert [c.completion_tokens for c in out] == [len(script["Hello there"]), 2, k, 3]
+
+
 def test_seed_makes_sampling_reproducible_and_top_k_1_is_greedy(engine):
     p = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, top_k=50, repetition_penalty=1.1, seed=7)
     a, b = engine.generate([CONVS[1]], p)[0], engine.generate([CONVS[1]], p)[0]
