@@ -4,18 +4,25 @@ A protocol only has to say which *parts* a conversation becomes (`parts`) and ho
 into ids is shared and exact: consecutive text parts are joined into one segment and encoded as a whole with special-token
 parsing off, and control tokens are placed by id. This is what a Hugging Face tokenizer does with a rendered template
 (it splits on control tokens and encodes the text between them), minus the injection: user text is never searched for
-control tokens. Token boundaries inside a segment come from the tokenizer's character offsets, so a token that straddles a
-header and an assistant reply is supervised, as transformers' `return_assistant_tokens_mask` does.
+control tokens.
+
+The supervision rule, one for every path: **a token is supervised iff it contains a byte of a supervised character**
+(a character of a trained assistant reply as the template renders it), and the end-of-turn token that closes such a
+reply is supervised. So a token that straddles a header and a reply (BPE merging the header's newline with a reply
+that starts with whitespace) is supervised, as are all the byte tokens of a reply's last character. Token spans come
+from the token bytes (see spans.py), not from character start offsets, which cannot see a token that ends inside a
+character.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..conversation import Conversation
-from ..tokenizers import Tokenizer, safe_split, token_index_at
+from ..tokenizers import Tokenizer, safe_split
+from .spans import token_spans
 
 NO_MESSAGE = -1
 
@@ -206,15 +213,18 @@ class Protocol:
                     msg.extend([p.message] * len(seg))
                 else:
                     seg_ids, starts = next(with_starts)
+                    spans = token_spans(tok, "".join(q.text for q in item), seg_ids, starts)
+                    firsts = [a for a, _ in spans]
+                    ends = [b for _, b in spans]
                     seg_mask = [0] * len(seg_ids)
                     seg_msg = [NO_MESSAGE] * len(seg_ids)
                     pos = 0
                     for p in item:  # a token belongs to the part its first character is in ...
                         end = pos + len(p.text)
-                        a, b = bisect_left(starts, pos), bisect_left(starts, end)
+                        a, b = bisect_left(firsts, pos), bisect_left(firsts, end)
                         seg_msg[a:b] = [p.message] * (b - a)
                         if p.supervised:  # ... and a supervised part claims every token that overlaps it
-                            a, b = token_index_at(starts, pos), token_index_at(starts, end - 1) + 1
+                            a, b = bisect_right(ends, pos), bisect_left(firsts, end)
                             seg_mask[a:b] = [1] * (b - a)
                         pos = end
                     ids.extend(seg_ids)
