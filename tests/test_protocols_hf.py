@@ -200,11 +200,15 @@ def test_ollama_expected_prompts(name, gpt2_base):
         if rendered != expected:
             continue
         matched += 1
+        p = TemplateProtocol(e["template"], copy_tokenizer(gpt2_base), bos_token="", eos_token="",
+                             control_tokens=OLLAMA_TOKENS.get(name, []))
+        for case, msgs in cases.items():
+            assert p.render_text(msgs, add_generation_prompt=True) == expected[case]
         try:
-            p = TemplateProtocol(e["template"], copy_tokenizer(gpt2_base), bos_token="", eos_token="",
-                                 control_tokens=OLLAMA_TOKENS.get(name, []))
-        except protocols.ProtocolError:
+            p.render(Conversation.from_dict({"messages": cases["user"]}))
+        except protocols.ProtocolError as err:
             assert name == "granite-instruct"  # its Hub template is plain "Question:/Answer:" text: no turn token
+            assert "no control token closes an assistant turn" in str(err)
             continue
         as_protocol += 1
         for case, msgs in cases.items():
@@ -233,9 +237,12 @@ def test_sources_string_jinja_config_and_model_dir(tmp_path, gpt2_base):
 
 
 def test_unusable_templates_give_clear_errors(gpt2_base):
-    with pytest.raises(protocols.ProtocolError, match="no control token closes an assistant turn"):
-        protocols.from_template("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
-                                copy_tokenizer(gpt2_base))
+    plain = protocols.from_template("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
+                                    copy_tokenizer(gpt2_base))
+    assert plain.render_text([{"role": "user", "content": "hi"}]) == "user: hi\n"  # text needs no mask
+    for use in (plain.render, plain.prompt):
+        with pytest.raises(protocols.ProtocolError, match="no control token closes an assistant turn"):
+            use(Conversation.of("hi", "yo"))
     with pytest.raises(TemplateError, match="does not compile"):
         protocols.from_template("{% for m in messages %}", copy_tokenizer(gpt2_base))
     with pytest.raises(FileNotFoundError):
