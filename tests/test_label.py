@@ -20,10 +20,11 @@ from chatloom.label.db import Database, current_revision, migrate
 from chatloom.label.editdistance import levenshtein, normalized
 from chatloom.label.models import Base, Message, Review, Task
 
+from .conftest import require_pg
 from .label_live import csrf_of, login, post_form
 
 PW = "correct horse battery"
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("CHATLOOM_TEST_PG") else [])
+BACKENDS = ["sqlite", "postgresql"]  # PostgreSQL cases are always collected; conftest.require_pg skips/fails them
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +47,7 @@ def fresh_pg(url: str) -> str:
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'label.db'}"
-    return fresh_pg(os.environ["CHATLOOM_TEST_PG"])
+    return fresh_pg(require_pg())
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ from chatloom.label.app import create_app
 from chatloom.label.db import Database
 from chatloom.label.editdistance import levenshtein
 
+from .conftest import CHROMIUM, require_chromium
 from .label_live import LiveServer, free_port
 from .test_engine import make_tiny_model_dir
 
-CHROMIUM = "/usr/bin/chromium"
 PW = "correct horse battery"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -73,8 +73,7 @@ def chatloom_serve(tmp_path, bundled_tokenizer_path):
 
 
 def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve, monkeypatch):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian chromium at /usr/bin/chromium")
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from chatloom.synth import FilterConfig, ModelSpec, RetryPolicy, Sampling, Seed, SynthConfig, plan, run
 
 from .synth_fake_api import serve
@@ -33,7 +31,6 @@ def tiny_model_dir(tmp_path):
 
 
 def test_synth_against_chatloom_serve_with_a_tiny_model(tmp_path):
-    pytest.importorskip("chatloom.serve")
     from chatloom.engine import Engine
     from chatloom.serve.app import create_app
 
