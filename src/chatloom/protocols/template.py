@@ -37,10 +37,9 @@ _CONTROL_LITERAL = re.compile(r"<\|[^|<>\s'\"]{1,40}\|>|<｜[^｜<>\s'\"]{1,40}�
 
 
 def message_dicts(conv: Conversation | Sequence) -> list[dict]:
-    if isinstance(conv, Conversation):
-        return [m.to_dict() | {"role": m.role, "content": m.content} for m in conv.messages]
+    """Messages as the dicts a chat template sees (as a user passes them to transformers: no `train` key)."""
     out = []
-    for m in conv:
+    for m in conv.messages if isinstance(conv, Conversation) else conv:
         out.append(m.to_dict() if isinstance(m, Message) else dict(m))
     for d in out:
         d.pop("train", None)
@@ -140,27 +139,39 @@ class TemplateProtocol(Protocol):
         return self._layout_jinja(conv, add_generation_prompt)
 
     def _layout_jinja(self, conv: Conversation, add_generation_prompt: bool) -> Layout:
-        """Render with Jinja and find each message's content in the output, in order; the text between is the gaps."""
+        """Render with Jinja and find each message's content in the output; the text between contents is the gaps.
+
+        A content is found exactly by rendering the conversation again with a sentinel in its place: when the text
+        around the sentinel is the text around the content, what lies between is the content as the template renders
+        it (as is, or with some of its leading/trailing whitespace trimmed). Templates that make other text depend
+        on a message (a system prompt moved into a user turn) fall back to searching for the content in order."""
         full = self.render_escaped(conv, add_generation_prompt)
         escape = self.escaper.escape
         msgs = conv.messages
+        spans = [self._span_by_sentinel(conv, i, full, add_generation_prompt, escape(m.content)) for i, m in enumerate(msgs)]
+        for i, span in enumerate(spans):  # a content after a later message's was moved there (a system prompt)
+            if span is not None and any(s is not None and s[0] < span[0] for s in spans[i + 1:]):
+                spans[i] = None
         cursor = 0
         cuts: list[tuple[int, int]] = []
         for i, m in enumerate(msgs):
             target = escape(m.content)
-            search_from = max(cursor, self._anchor(conv, i, full))
-            at, target = _locate(full, target, search_from)
-            if at >= 0 and m.role != "assistant" and i + 1 < len(msgs):
-                following = escape(msgs[i + 1].content).strip()
-                nxt = full.find(following, cursor) if following else -1
-                if 0 <= nxt < at:  # the template moved this message later (e.g. system into the last user turn)
-                    at, target = -1, ""
-            if at < 0:
-                if m.role == "assistant" and (m.train and not m.tool_calls):
-                    raise ProtocolError(f"hf: the template changes the text of assistant message {i}; cannot place its loss "
-                                        "mask (use a template that renders assistant content verbatim)")
-                at, target = search_from, ""
-            end = at + len(target)
+            found = spans[i]
+            if found is not None and found[0] >= cursor:
+                at, end = found
+            else:
+                at, target = _locate(full, target, cursor)
+                if at >= 0 and m.role != "assistant" and i + 1 < len(msgs):
+                    following = escape(msgs[i + 1].content).strip()
+                    nxt = full.find(following, cursor) if following else -1
+                    if 0 <= nxt < at:  # the template moved this message later (e.g. system into the last user turn)
+                        at, target = -1, ""
+                if at < 0:
+                    if m.role == "assistant" and (m.train and not m.tool_calls):
+                        raise ProtocolError(f"hf: the template changes the text of assistant message {i}; cannot place "
+                                            "its loss mask (use a template that renders assistant content verbatim)")
+                    at, target = cursor, ""
+                end = at + len(target)
             cuts.append((at, end))
             cursor = end
             if m.role == "assistant":  # the next message starts after this turn's end
@@ -179,16 +190,26 @@ class TemplateProtocol(Protocol):
 
     _SENTINEL = "\u2063\u2062S\u2062\u2063"
 
-    def _anchor(self, conv: Conversation, i: int, full: str) -> int:
-        """Where message i's content can start in `full`: render the messages before it plus a sentinel in its place;
-        if what precedes the sentinel is a prefix of the full rendering, the content starts there (or later)."""
-        probe = [*conv.messages[:i], Message(conv.messages[i].role, self._SENTINEL)]
+    def _span_by_sentinel(self, conv: Conversation, i: int, full: str, gen: bool, target: str) -> tuple[int, int] | None:
+        """(start, end) of message i's content in `full`, from a rendering with a sentinel in its place; None when the
+        template renders the sentinel other than once, changes the text around it, or changes more than whitespace."""
+        msgs = message_dicts(conv)
+        msgs[i]["content"] = self._SENTINEL
         try:
-            text = self.render_escaped(conv, False, probe)
+            text = self.render_escaped(conv, gen, msgs)
         except TemplateError:
-            return 0
+            return None
         at = text.find(self._SENTINEL)
-        return at if at >= 0 and full.startswith(text[:at]) else 0
+        if at < 0 or text.find(self._SENTINEL, at + 1) >= 0:
+            return None
+        tail = len(text) - at - len(self._SENTINEL)
+        end = len(full) - tail
+        if end < at or not full.startswith(text[:at]) or not full.endswith(text[at + len(self._SENTINEL):]):
+            return None
+        rendered = full[at:end]
+        if rendered != target and not (rendered in target and rendered.strip() == target.strip()):
+            return None
+        return at, end
 
     # ------------------------------------------------------------------------------------------------ parse
     def parse(self, ids: Sequence[int]) -> Conversation:
