@@ -18,9 +18,9 @@ MAX_PREVIEW_CHARS = 60_000
 @lru_cache(maxsize=8)
 def _protocol(protocol: str, tokenizer_path: str | None):
     from .. import protocols
-    from ..cli import DEFAULT_TOKENIZER
+    from ..tokenizers import load_tokenizer
 
-    return protocols.get(protocol, str(tokenizer_path or DEFAULT_TOKENIZER), copy=True)
+    return protocols.get(protocol, load_tokenizer(tokenizer_path or None), copy=True)
 
 
 def protocol_for(project):
