@@ -237,7 +237,7 @@ def test_unusable_templates_give_clear_errors(gpt2_base):
     plain = protocols.from_template("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
                                     copy_tokenizer(gpt2_base))
     assert plain.render_text([{"role": "user", "content": "hi"}]) == "user: hi\n"  # text needs no mask
-    for use in (plain.render, plain.prompt):
+    for use in (plain.render, plain.prompt, lambda c: plain.end_of_turn_id):
         with pytest.raises(protocols.ProtocolError, match="no control token closes an assistant turn"):
             use(Conversation.of("hi", "yo"))
     with pytest.raises(TemplateError, match="does not compile"):

@@ -92,6 +92,11 @@ class TemplateProtocol(Protocol):
         if self._unusable:
             raise ProtocolError(self._unusable)
 
+    @property
+    def end_of_turn_id(self) -> int:
+        self._usable()  # a template without a usable turn token says why, not "token '' has no id"
+        return super().end_of_turn_id
+
     # ------------------------------------------------------------------------------------------------ text
     def render_text(self, messages, add_generation_prompt: bool = False, **template_vars) -> str:
         """The string transformers' `apply_chat_template(..., tokenize=False)` returns for the same inputs."""
