@@ -36,7 +36,7 @@ def test_fifty_labelers_submit_concurrently_without_lost_or_duplicated_writes(tm
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'label.db'}"
     else:
-        from .test_label import fresh_pg
+        from .label_live import fresh_pg
         url = fresh_pg(require_pg())
     db = Database(url)
     with db.session() as s:
