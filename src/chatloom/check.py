@@ -243,10 +243,6 @@ def check_model(model_dir: str | Path, data: str | Path | Sequence | None = None
     typed_strings = sorted({*TYPED, *(t for t in proto.control_tokens if t),
                             *(t for t in (proto.tokenizer.special_tokens or {}))}, key=len, reverse=True)
 
-    _check_supervision(report, convs, rendered, eot, dec)
-    _check_prefixes(report, proto, convs, rendered, dec)
-    _check_generation_config(report, model_dir, eot, dec)
-
     template_path = model_dir / "chat_template.jinja"
     template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
     try:
@@ -266,6 +262,9 @@ def check_model(model_dir: str | Path, data: str | Path | Sequence | None = None
                  control_ids, typed_strings, dec)
     if gguf is not None:
         _check_gguf(report, Path(gguf), template, convs, rendered, proto, eot, control_ids, typed_strings, dec)
+    _check_generation_config(report, model_dir, eot, dec)
+    _check_supervision(report, convs, rendered, eot, dec)
+    _check_prefixes(report, proto, convs, rendered, dec)
     return report
 
 
@@ -341,10 +340,11 @@ def _check_generation_config(report, model_dir: Path, eot: int, dec) -> None:
 
 
 def _compare(report, side: str, convs, rendered, proto, other_ids, control_ids, typed_strings, dec) -> None:
-    """ids and prompt ids of chatloom vs `side`; typed control-token strings reported in their own row."""
-    typed_rows: list[str] = []
+    """ids and prompt ids of chatloom vs `side` on every conversation (the first difference shown, all counted);
+    conversations whose typed control-token strings one side turns into control tokens get their own row."""
+    typed_rows: list[tuple] = []
     for check, gen in ((f"ids: chatloom = {side}", False), (f"prompt ids: chatloom = {side}", True)):
-        compared, explained, failed = 0, 0, None
+        same, typed, differ, first = 0, 0, 0, None
         for ci, (c, r) in enumerate(zip(convs, rendered, strict=True)):
             if gen:
                 ks = [k for k, m in enumerate(c.messages) if m.role == "assistant" and k > 0]
@@ -356,33 +356,32 @@ def _compare(report, side: str, convs, rendered, proto, other_ids, control_ids, 
                 ours = r.ids if not gen else proto.prompt(conv)
                 try:
                     theirs = other_ids(conv, gen)
-                except Exception as e:  # noqa: BLE001 - a template that cannot render this is the finding
-                    failed = f"{where}: {side} cannot render it: {type(e).__name__}: {e}"
-                    break
-                at = first_difference(ours, theirs)
-                if at is None:
-                    compared += 1
-                    continue
-                if has_typed(conv, typed_strings):
-                    plain = strip_typed(conv, typed_strings)
-                    base = control_count(other_ids(plain, gen), control_ids)
-                    ours_base = control_count(proto.prompt(plain) if gen else proto.render(plain).ids, control_ids)
-                    extra_theirs = control_count(theirs, control_ids) - base
-                    extra_ours = control_count(ours, control_ids) - ours_base
-                    if extra_theirs > 0 or extra_ours > 0:
-                        if not gen:
-                            typed_rows.append((ci, extra_ours, extra_theirs, ours, theirs, at))
-                        explained += 1
+                    at = first_difference(ours, theirs)
+                    if at is None:
+                        same += 1
                         continue
-                failed = describe_difference(ours, theirs, at, ("chatloom", side), dec, where)
-                break
-            if failed:
-                break
-        if failed:
-            report.add(check, FAIL, failed)
+                    if has_typed(conv, typed_strings):
+                        plain = strip_typed(conv, typed_strings)
+                        extra_theirs = control_count(theirs, control_ids) - control_count(other_ids(plain, gen), control_ids)
+                        extra_ours = control_count(ours, control_ids) - control_count(
+                            proto.prompt(plain) if gen else proto.render(plain).ids, control_ids)
+                        if extra_theirs > 0 or extra_ours > 0:
+                            if not gen:
+                                typed_rows.append((ci, extra_ours, extra_theirs, ours, theirs, at))
+                            typed += 1
+                            continue
+                    detail = describe_difference(ours, theirs, at, ("chatloom", side), dec, where)
+                except Exception as e:  # noqa: BLE001 - a template that cannot render this is the finding
+                    detail = f"{where}: {side} cannot render it: {type(e).__name__}: {e}"
+                differ += 1
+                first = first or detail
+        what = "prompts" if gen else "conversations"
+        counts = f"{same} {what} identical" + (f", {typed} where typed control-token strings became control tokens "
+                                               "(row below)" if typed else "")
+        if differ:
+            report.add(check, FAIL, f"{differ} {what} differ ({counts}); first: {first}")
         else:
-            report.add(check, OK, f"{compared} {'prompts' if gen else 'conversations'} identical"
-                       + (f", {explained} differ only by typed control tokens (row below)" if explained else ""))
+            report.add(check, OK, counts)
     name = f"typed control tokens stay text ({side})"
     if not typed_rows:
         n = sum(1 for c in convs if has_typed(c, typed_strings))
@@ -392,14 +391,16 @@ def _compare(report, side: str, convs, rendered, proto, other_ids, control_ids, 
         return
     ci, extra_ours, extra_theirs, ours, theirs, at = typed_rows[0]
     sides = [s for s, n in (("chatloom", extra_ours), (side, extra_theirs)) if n > 0]
-    detail = (f"{len(typed_rows)} conversation(s): {' and '.join(sides)} turn(s) control-token strings typed in "
-              f"messages into control tokens (conversation {ci}: {extra_ours} extra in chatloom, {extra_theirs} in "
-              f"{side}; {describe_difference(ours, theirs, at, ('chatloom', side), dec, 'first')})")
+    detail = (f"{' and '.join(sides)} turn{'' if len(sides) > 1 else 's'} control-token strings typed in messages into "
+              f"control tokens, in {len(typed_rows)} conversation(s) (conversation {ci}: +{extra_ours} control tokens "
+              f"in chatloom, +{extra_theirs} in {side}; first "
+              f"{describe_difference(ours, theirs, at, ('chatloom', side), dec, f'difference at conversation {ci}')})")
     if extra_ours > 0:
         report.add(name, FAIL, detail + ". chatloom must train on typed text as text.")
     else:
-        report.add(name, WARN, detail + f". chatloom trains on them as text (and `chatloom serve` keeps them text); "
-                   f"a server rendering with {side} lets a user end a turn or open a system turn by typing them.")
+        report.add(name, WARN, detail + f". chatloom trains on them as text (its engine and `chatloom serve` render "
+                   f"with the same protocol); a server rendering with {side} lets a user end a turn or open a system "
+                   "turn by typing them: escape or reject such text there.")
 
 
 def _gguf_fields(path: Path) -> dict:
