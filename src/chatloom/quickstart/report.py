@@ -1,15 +1,17 @@
 """The quickstart's `report.html`: one self-contained page telling the story of the run.
 
-Loss curves (the training loop's own pictures, inlined), the before/after table with the acceptance bars, the base
-model continuing documents next to the SFT model, the same held-out prompts answered by both, one training example in
-the token view (which tokens are supervised), timings, and the commands to chat with and serve the result.
+Loss curves (the training loop's own pictures, inlined), the before/after table with the acceptance bars (every rate
+with its 95% interval and n, the difference with its paired p-value), the base model continuing documents next to the
+SFT model, the same held-out prompts answered by both, what the SFT model imitates (its answers next to the closest
+training answers, when the run made the analysis), one training example in the token view (which tokens are
+supervised), timings, and the commands to chat with and serve the result.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..evals.report import answers_html, metrics_html
+from ..evals.report import answers_html, imitation_html, metrics_html
 from ..report_html import cell, esc, page, png_file_img, table
 
 
@@ -38,6 +40,16 @@ def continuations_html(continuations: dict[str, list[tuple[str, str]]]) -> str:
     return table(["document start", *(f"{k} continues" for k in labels)], rows)
 
 
+def imitation_section(im: dict | None) -> str:
+    if not im:
+        return ""
+    return ("<h2>What the SFT model imitates</h2><p>An assistant's answer is a statistical imitation of what its "
+            "labelers wrote. Below, the SFT model answers prompts taken from its own training set and the held-out "
+            "prompts; under each answer is the closest answer in the training set. Recitation on prompts it was "
+            "trained on is memorisation; on held-out prompts it shows how much of the new answers is the labelers' "
+            f"phrasing reused.</p>{imitation_html(im)}")
+
+
 def write_report(path: Path, *, reports: list[dict], base_dir: Path, sft_dir: Path, continuations: dict,
                  timings: dict, plan: dict, protocol: str) -> Path:
     from ..evals import acceptance
@@ -61,7 +73,7 @@ next-token objective. Base: <code>{esc(str(base_dir))}</code>; SFT model: <code>
 <h2>The base continues documents</h2>{continuations_html(continuations)}
 <h2>The same held-out prompts, answered by both</h2>
 <p class='meta'>Greedy replies; green: probe passed, red: failed.</p>{answers_html(reports)}
-<h2>One training example as tokens</h2>
+{imitation_section(sft.get("imitation"))}<h2>One training example as tokens</h2>
 <p class='meta'>Supervised tokens (the assistant's words and its end-of-turn token) are marked.</p>{token_view_html(sft_dir, protocol)}
 <h2>Run</h2>{timing}<p class='meta'>plan: {esc(str(plan))}</p>
 <h2>Next</h2><pre>{esc(commands)}</pre>"""
