@@ -28,6 +28,8 @@ def _run(config: Path | None, **flags):
         raise typer.Exit(2) from None
     if result.out_dir is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
         Console().print(dumps_result(result), highlight=False, soft_wrap=True)
+    if result.check is not None and not result.check["ok"]:  # weights are written; the parity table said why
+        raise typer.Exit(1)
 
 
 COMMON = dict(

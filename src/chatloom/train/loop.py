@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import protocols
+from ..check import check_exported
 from ..conversation import Rejects
 from ..conversation import load as load_conversations
 from ..protocols import ProtocolError
@@ -57,6 +58,7 @@ class TrainResult:
     data: dict = field(default_factory=dict)
     skipped_steps: int = 0
     interrupted: bool = False
+    check: dict | None = None  # the parity check of the exported model (chatloom.check), when it ran
 
 
 class SupervisedLoss(nn.Module):
@@ -403,7 +405,8 @@ class Run:
             export_model(self.model, self.protocol, self.out, state_dict=weights,
                          extra={"mode": cfg.mode, "base_model": cfg.model, "steps": self.step})
             plot_loss(metrics.rows, self.out / "loss.png", title=f"chatloom {cfg.mode}: {cfg.model}")
-            write_run_card(self.out, self._card(final, seconds))
+            result.check = check_exported(self.out, cfg.data if cfg.mode == "sft" else ()).as_dict()
+            write_run_card(self.out, {**self._card(final, seconds), "check": result.check})
         self._finish()
         return result
 
@@ -475,4 +478,5 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def dumps_result(result: TrainResult) -> str:
     return json.dumps({"out_dir": str(result.out_dir), "steps": result.steps, "final": result.final,
-                       "data": result.data, "skipped_steps": result.skipped_steps}, default=str)
+                       "data": result.data, "skipped_steps": result.skipped_steps,
+                       "check_ok": None if result.check is None else result.check["ok"]}, default=str)
