@@ -87,6 +87,15 @@ def fusable(head) -> bool:
     return type(head) is nn.Linear and head.bias is None and type(head.weight) is nn.Parameter
 
 
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process so far: allocated CUDA memory on a GPU, resident set size (RSS) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+
+
 def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
     def f(step: int) -> float:
         if warmup and step < warmup:
@@ -367,8 +376,10 @@ class Run:
             metrics.log(step=self.step, val_loss=val)
         steps_rows = [r for r in metrics.rows if "supervised_tokens" in r]
         if steps_rows:
-            final["supervised_tok_s"] = round(sum(r["supervised_tokens"] for r in steps_rows) /
-                                              max(1e-9, sum(r["seconds"] for r in steps_rows)), 1)
+            busy = max(1e-9, sum(r["seconds"] for r in steps_rows))
+            final["supervised_tok_s"] = round(sum(r["supervised_tokens"] for r in steps_rows) / busy, 1)
+            final["tok_s"] = round(sum(r["tokens"] for r in steps_rows) / busy, 1)  # all processes, padding excluded
+        final["peak_memory_gb"] = round(all_max(peak_memory_gb(self.device)), 3)  # the largest of the processes
         result.final = final
         weights = sharding.full_model_state(self.model) if cfg.fsdp else None  # gathered from all processes
         restore_attention(self.raw_model)
