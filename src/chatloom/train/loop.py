@@ -29,7 +29,7 @@ from ..conversation import load as load_conversations
 from ..protocols import ProtocolError
 from . import checkpoint as ckpt
 from . import sharding
-from .attention import restore_attention, use_training_attention
+from .attention import MASK_FREE, attention_name, restore_attention, use_training_attention
 from .collectives import all_max, all_sum, barrier, init_distributed
 from .config import TrainConfig, bf16_supported, resolve_device, resolve_precision  # noqa: F401 (bf16_supported: re-exported)
 from .data import (
@@ -64,16 +64,21 @@ class SupervisedLoss(nn.Module):
     the vocabulary projection is the largest matmul, and SFT supervises a fraction of the tokens), fused with the loss
     in row chunks (`fused_loss.py`)."""
 
-    def __init__(self, model):
+    def __init__(self, model, dense: bool = False):
         super().__init__()
         self.model = model
+        self.dense = dense  # True: always the (B, 1, L, L) block-diagonal mask (the reference in tests)
 
     def forward(self, ids, positions, segments, targets):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        device = ids.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else \
-            base.get_input_embeddings().weight.dtype
-        hidden = base.get_decoder()(input_ids=ids, attention_mask=attention_mask(segments, dtype), position_ids=positions,
+        if not self.dense and attention_name(base) in MASK_FREE:
+            mask = None  # the attention reads the documents from the position ids (attention.py)
+        else:
+            device = ids.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else \
+                base.get_input_embeddings().weight.dtype
+            mask = attention_mask(segments, dtype)
+        hidden = base.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     use_cache=False).last_hidden_state
         supervised = targets != IGNORE
         head = base.get_output_embeddings()
@@ -151,7 +156,8 @@ class Run:
         self.overflow_steps = 0
         self.model.to(self.device)
         self.raw_model = self.model
-        use_training_attention(self.raw_model)
+        use_training_attention(self.raw_model, self.device, self.precision)
+        self.attention = attention_name(self.raw_model)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
@@ -426,6 +432,7 @@ class Run:
         return {**self.cfg.to_dict(), "resolved": {
             "total_steps": self.total_steps, "warmup_steps": self.warmup, "precision": self.precision,
             "world_size": self.world, "device": str(self.device), "rows_per_step": self.rows_per_step,
+            "attention": self.attention,
             "vocab_size": len(self.protocol.tokenizer), "added_embedding_rows": self.added_rows}}
 
     def _write_config(self) -> None:
