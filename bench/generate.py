@@ -27,10 +27,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from chatloom import protocols
-from chatloom.cli import DEFAULT_TOKENIZER
 from chatloom.conversation import Conversation
 from chatloom.engine import Engine, SamplingParams, quantize_weights
-from chatloom.tokenizers import load_tokenizer
 
 PROMPTS = ["Explain how a hash map works.", "Write a haiku about the sea.", "What is the capital of France, and why?",
            "List three uses of Python decorators.", "How do I reverse a list?", "Summarize the plot of Hamlet.",
@@ -50,8 +48,7 @@ def build(dtype: torch.dtype, model_dir: Path | None = None):
 
         proto = protocols.for_model(model_dir)
         return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval(), proto
-    tok = load_tokenizer(str(DEFAULT_TOKENIZER))
-    proto = protocols.get("chatml", tok)
+    proto = protocols.resolve("chatml")  # chatloom's bundled BPE with the chatml control tokens
     torch.manual_seed(0)
     model = LlamaForCausalLM(smollm2_shape(49152)).to(dtype).eval()
     return model, proto

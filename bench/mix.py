@@ -63,11 +63,10 @@ def run_datasets(paths: list[str], out: str) -> None:
     import datasets
     from datasketch import MinHash, MinHashLSH
 
-    from chatloom.cli import DEFAULT_TOKENIZER
     from chatloom.data.mix import normalise
     from chatloom.tokenizers import load_tokenizer
 
-    tok = load_tokenizer(DEFAULT_TOKENIZER).hf
+    tok = load_tokenizer(None).hf  # chatloom's bundled BPE
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     ds = datasets.load_dataset("json", data_files=paths, split="train")
 

@@ -1,11 +1,11 @@
 """Benchmark: render (ids + loss mask) throughput, chatloom vs transformers' apply_chat_template.
 
-Same tokenizer (GPT-2 tokenizer.json from ../shared/fixtures plus the template's control tokens), same template (TRL's
+Same tokenizer (GPT-2 tokenizer.json from tests/fixtures plus the template's control tokens), same template (TRL's
 Qwen2.5 training template, whose {% generation %} markers transformers needs for `return_assistant_tokens_mask`), same
 generated multi-turn conversations of mixed lengths. Ids are checked identical; masks are compared too (TRL's markers
 also supervise the newline around each turn; chatloom supervises content + <|im_end|>). Prints JSON.
 
-    python bench/protocol.py [--n 10000] [--fixtures ../shared/fixtures]
+    python bench/protocol.py [--n 10000] [--fixtures tests/fixtures]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def make_conversations(n: int, seed: int = 0) -> list[Conversation]:
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+    ap.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
     ap.add_argument("--reference-n", type=int, default=0, help="render only this many with transformers (0: all)")
     args = ap.parse_args(argv)
     fixtures = Path(args.fixtures)

@@ -1,15 +1,71 @@
-"""Helpers for the labeling-app tests: a uvicorn server on a loopback port in a thread, cheap password hashing,
-CSRF scraping, and logged-in httpx clients."""
+"""Helpers for the labeling-app tests: database fixtures (SQLite file, PostgreSQL when CHATLOOM_TEST_PG is set), a
+uvicorn server on a loopback port in a thread, cheap password hashing, CSRF scraping, and logged-in httpx clients.
+Test modules import the fixtures they use from here."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
 import time
 
 import httpx
+import pytest
 import uvicorn
+from argon2 import PasswordHasher
+from sqlalchemy import select, text
+
+from chatloom.label import auth
+from chatloom.label.db import Database
+
+PW = "correct horse battery"
+BACKENDS = ["sqlite", "postgresql"]  # PostgreSQL cases are always collected; conftest.require_pg skips/fails them
+PEOPLE = [("ada", "admin"), ("lee", "labeler"), ("max", "labeler"), ("kim", "labeler"), ("rev", "reviewer")]
+
+
+@pytest.fixture(autouse=True)
+def cheap_hashing(monkeypatch):
+    monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
+def fresh_pg(url: str) -> str:
+    from chatloom.label.db import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'label.db'}"
+    from .conftest import require_pg
+
+    return fresh_pg(require_pg())
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def people(db):
+    with db.session() as s:
+        ids = {name: auth.add_user(s, name, role, PW).id for name, role in PEOPLE}
+    return ids
+
+
+def user(s, name):
+    from chatloom.label.models import User
+    return s.scalar(select(User).where(User.name == name))
 
 CSRF_RE = re.compile(r'name="(csrf[^"]*)" value="([^"]+)"')
 
@@ -26,7 +82,7 @@ class LiveServer:
     def __init__(self, app, port: int | None = None):
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    limit_concurrency=500, backlog=512))
+                                                    limit_concurrency=500, backlog=512, proxy_headers=False))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -72,7 +128,6 @@ class LabelServeProcess:
     """`chatloom label serve --db URL` in its own process (its own interpreter lock, like a real deployment)."""
 
     def __init__(self, db_url: str):
-        import os
         import subprocess
         import sys
         from pathlib import Path

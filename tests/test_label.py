@@ -8,7 +8,6 @@ import os
 import re
 
 import pytest
-from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,57 +15,14 @@ from sqlalchemy import select, text
 
 from chatloom.label import auth, service, transfer
 from chatloom.label.app import create_app
-from chatloom.label.db import Database, current_revision, migrate
+from chatloom.label.db import Database, current_revision, head_revision, migrate
 from chatloom.label.editdistance import levenshtein, normalized
 from chatloom.label.models import Base, Message, Review, Task
 
-from .label_live import csrf_of, login, post_form
+from .label_live import PW, csrf_of, login, post_form, user
 
-PW = "correct horse battery"
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("CHATLOOM_TEST_PG") else [])
+pytest_plugins = ["tests.label_live"]  # the database fixtures: db_url, db, people, cheap hashing
 
-
-@pytest.fixture(autouse=True)
-def cheap_hashing(monkeypatch):
-    monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-
-
-def fresh_pg(url: str) -> str:
-    from chatloom.label.db import make_engine
-
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'label.db'}"
-    return fresh_pg(os.environ["CHATLOOM_TEST_PG"])
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def people(db):
-    with db.session() as s:
-        ids = {name: auth.add_user(s, name, role, PW).id for name, role in
-               [("ada", "admin"), ("lee", "labeler"), ("max", "labeler"), ("kim", "labeler"), ("rev", "reviewer")]}
-    return ids
-
-
-def user(s, name):
-    from chatloom.label.models import User
-    return s.scalar(select(User).where(User.name == name))
 
 
 def new_project(db, name="p", **kw):
@@ -100,7 +56,7 @@ def test_migrations_create_exactly_the_models_and_are_idempotent(db):
     from alembic.migration import MigrationContext
 
     migrate(db.engine)  # second run: nothing to do
-    assert current_revision(db.engine) == "0001"
+    assert current_revision(db.engine) == head_revision()
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -282,7 +238,8 @@ def client_for(app, name=None):
     return login(c, name, PW) if name else c
 
 
-def test_login_page_cookie_flags_and_rate_limit(app):
+def test_login_page_cookie_flags_and_rate_limit(db, people):
+    app = create_app(db, limiter=auth.LoginLimiter(base=120))  # a wait no slow machine outlasts between two requests
     c = client_for(app)
     page = c.get("/login")
     assert page.status_code == 200
@@ -294,13 +251,17 @@ def test_login_page_cookie_flags_and_rate_limit(app):
     assert ok.status_code == 303
     cookie = next(h for k, h in ok.headers.multi_items() if k == "set-cookie" and h.startswith("chatloom_session="))
     assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
+    owner = client_for(app, "max")  # max has logged in from this browser before: it carries a device cookie
+    owner.post("/logout", data={"csrf_token": csrf_of(owner.get("/tasks").text)[1]})
     attacker = client_for(app)
     f2, t2 = csrf_of(attacker.get("/login").text)
     codes = [attacker.post("/login", data={"username": "max", "password": f"guess{i}", f2: t2}).status_code
-             for i in range(7)]
-    assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+             for i in range(5)]
+    assert codes == [401, 401, 401, 429, 429]  # 3 free guesses, then the account waits
     f3, t3 = csrf_of(attacker.get("/login").text)
     assert attacker.post("/login", data={"username": "max", "password": PW, f3: t3}).status_code == 429  # even right
+    f4, t4 = csrf_of(owner.get("/login").text)  # ... but the guessing does not lock max out of their own browser
+    assert owner.post("/login", data={"username": "max", "password": PW, f4: t4}).status_code == 303
 
 
 def test_every_post_needs_a_csrf_token(app):
@@ -350,10 +311,10 @@ def test_labeler_cannot_review_own_message_over_http(app, db):
     submit_prompt(lee, pid, "a prompt by lee")
     with db.session() as s:
         mid = s.scalar(select(Message.id))
-    r = lee.get(f"/messages/{mid}/review")
+    r = post_form(lee, f"/messages/{mid}", f"/messages/{mid}/review", {})
     assert r.status_code == 403 and "own message" in r.text
     max_ = client_for(app, "max")
-    r = max_.get(f"/messages/{mid}/review")
+    r = post_form(max_, f"/messages/{mid}", f"/messages/{mid}/review", {})
     assert r.status_code == 303
     task_url = r.headers["location"]
     assert post_form(max_, task_url, task_url, {"quality": "5", "helpful": "on"}).status_code == 303
@@ -470,7 +431,7 @@ def test_admin_pages_show_progress_stats_and_versions(app, db):
     admin = ada.get("/admin").text
     assert 'id="labeler-stats"' in admin and "<td>lee</td>" in admin and 'id="progress"' in admin
     export = ada.get(project_url + "/export?threads=all")
-    assert export.status_code == 200 and export.text == ""  # no assistant reply yet: nothing to train on
+    assert export.status_code == 409 and "no assistant reply yet" in export.text  # said, not an empty file
 
 
 def test_cli_user_import_export(db_url, tmp_path, monkeypatch):
@@ -505,6 +466,12 @@ def test_cli_user_import_export(db_url, tmp_path, monkeypatch):
     assert record["messages"][1]["content"] == "4" and record["meta"]["authors"] == ["human:a", "human:b"]
     r = runner.invoke(cli, ["label", "export", "--project", "nope", "-o", str(out), "--db", db_url])
     assert r.exit_code == 2 and "no project named 'nope'" in r.output
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Name a river."}) + "\n", encoding="utf-8")
+    assert runner.invoke(cli, ["label", "import", str(prompts), "--project", "fresh", "--db", db_url]).exit_code == 0
+    empty = tmp_path / "empty.jsonl"
+    r = runner.invoke(cli, ["label", "export", "--project", "fresh", "-o", str(empty), "--threads", "best", "--db", db_url])
+    assert r.exit_code == 2 and "no assistant reply yet" in r.output and not empty.exists()  # said, not an empty file
 
 
 def test_withdrawn_messages_stay_in_the_database_but_leave_queues_and_exports(app, db):
@@ -554,7 +521,7 @@ def test_label_serve_migrates_and_serves(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
     served = Database(f"sqlite:///{db_file}", run_migrations=False)
-    assert current_revision(served.engine) == "0001"
+    assert current_revision(served.engine) == head_revision()
     served.dispose()
 
 

@@ -20,10 +20,10 @@ from chatloom.label.app import create_app
 from chatloom.label.db import Database
 from chatloom.label.editdistance import levenshtein
 
+from .conftest import CHROMIUM, require_chromium
 from .label_live import LiveServer, free_port
 from .test_engine import make_tiny_model_dir
 
-CHROMIUM = "/usr/bin/chromium"
 PW = "correct horse battery"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -73,8 +73,7 @@ def chatloom_serve(tmp_path, bundled_tokenizer_path):
 
 
 def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve, monkeypatch):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian chromium at /usr/bin/chromium")
+    require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
@@ -123,8 +122,14 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
         shot(ada, "admin-project")
         project_url = ada.url
 
-        # lee writes a prompt
+        ada.click("#settings summary")  # the draft endpoint, tokenizer and queue settings of the project
+        expect(ada.locator("#project-settings select[name=draft_endpoint]")).to_be_visible()
+        shot(ada, "project-settings")
+
+        # lee writes a prompt; the queue shows each project's progress and what each task type is
         lee = session("lee")
+        expect(lee.locator("section.project .progress")).to_contain_text("replies")
+        expect(lee.locator("#task-types")).to_contain_text("order the replies")
         shot(lee, "tasks")
         lee.click("section.project button[data-kind=prompt]")
         lee.wait_for_url("**/tasks/*")
@@ -174,6 +179,7 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
         expect(candidates).to_have_count(2)
         ids = [int(candidates.nth(i).get_attribute("data-message")) for i in range(2)]
         texts = [candidates.nth(i).locator(".text").inner_text() for i in range(2)]
+        assert [rev.locator(f"select[name=rank_{i}]").input_value() for i in ids] == ["", ""]  # none preselected
         max_id = ids[texts.index(next(t for t in texts if "Edited by max" in t))]
         other = next(i for i in ids if i != max_id)
         rev.select_option(f"select[name=rank_{max_id}]", "1")
@@ -191,6 +197,11 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
         shot(rev, "review")
         rev.click("#submit-button")
         expect(rev.locator("#notice")).to_contain_text("Review saved")
+
+        # a message picked by hand: the review button is a form (a POST), not a link
+        rev.goto(base + "/messages/1")
+        expect(rev.locator("#review-this button")).to_be_visible()
+        shot(rev, "message")
 
         # the admin sees stats and exports
         ada.goto(base + "/admin")
@@ -210,5 +221,5 @@ def test_browser_flow_project_prompt_draft_rank_export(tmp_path, chatloom_serve,
     assert meta["draft"]["edit_chars"] == levenshtein(draft, final) == len(suffix)
     assert meta["messages"][1]["draft"]["text"] == draft and meta["messages"][1]["rank_score"] == 1.0
     names = sorted(x.name for x in shots.iterdir())
-    assert len(names) == 8 and all((shots / n).stat().st_size > 5000 for n in names)
+    assert len(names) == 10 and all((shots / n).stat().st_size > 5000 for n in names)
     print(f"screenshots in {shots}: {names}")

@@ -7,7 +7,6 @@ printed (and written to the tmp dir as JSON)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import threading
@@ -22,6 +21,7 @@ from chatloom.label import auth, service
 from chatloom.label.db import Database
 from chatloom.label.models import Message
 
+from .conftest import require_pg
 from .label_live import LabelServeProcess, csrf_of, http_client
 
 LABELERS = 50
@@ -30,14 +30,14 @@ PW = "correct horse battery"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sqlite"] + (["postgresql"] if os.environ.get("CHATLOOM_TEST_PG") else []))
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_fifty_labelers_submit_concurrently_without_lost_or_duplicated_writes(tmp_path, monkeypatch, backend):
     monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'label.db'}"
     else:
-        from .test_label import fresh_pg
-        url = fresh_pg(os.environ["CHATLOOM_TEST_PG"])
+        from .label_live import fresh_pg
+        url = fresh_pg(require_pg())
     db = Database(url)
     with db.session() as s:
         admin = auth.add_user(s, "admin", "admin", PW)

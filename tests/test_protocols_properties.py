@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from chatloom import Conversation, Message, load_tokenizer, protocols
 from chatloom.tokenizers import copy_tokenizer
 
-from .conftest import GPT2_JSON, O200K, TEMPLATES
+from .conftest import GPT2_JSON, O200K, TEMPLATES, need
 
 CONTROL_LIKE = ["<|im_start|>", "<|im_end|>", "<|im_sep|>", "<|eot_id|>", "<|begin_of_text|>", "<|start_header_id|>",
                 "<|end_header_id|>", "<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>", "<end_of_turn>", "\n", " ",
@@ -45,9 +45,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 @functools.cache
 def builtin(name: str, tok: str):
-    path = GPT2_JSON if tok == "gpt2" else O200K
-    if not path.exists():
-        pytest.skip(f"fixture missing: {path}")
+    path = need(GPT2_JSON if tok == "gpt2" else O200K)
     return protocols.get(name, copy_tokenizer(load_tokenizer(path)))
 
 
@@ -86,9 +84,7 @@ SKELETON_TEMPLATES = ["hf_tokenizer_configs/Qwen2.5-1.5B-Instruct.tokenizer_conf
 
 @functools.cache
 def template_protocol(path: str):
-    if not GPT2_JSON.exists():
-        pytest.skip("gpt2 tokenizer fixture missing")
-    p = protocols.from_template(TEMPLATES / path, copy_tokenizer(load_tokenizer(GPT2_JSON)),
+    p = protocols.from_template(TEMPLATES / path, copy_tokenizer(load_tokenizer(need(GPT2_JSON))),
                                 bos_token="<|begin_of_text|>" if "llama" in path else None)
     assert p.skeleton is not None, f"{path}: expected the fast path to apply"
     return p

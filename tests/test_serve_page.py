@@ -3,7 +3,6 @@ the token view toggle, and user/model text containing <script> shown as text. Sa
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
@@ -11,10 +10,10 @@ import pytest
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
 
+from .conftest import CHROMIUM, require_chromium
 from .test_engine import ScriptedLM, make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 from .test_serve import running
 
-CHROMIUM = "/usr/bin/chromium"
 REPLY = "Hi! <b>bold?</b> <script>window.pwned=1</script> done 🙂"
 
 pytestmark = pytest.mark.browser
@@ -30,8 +29,7 @@ class SlowScripted(ScriptedLM):
 
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory, bundled_tokenizer_path):
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing")
+    require_chromium()
     base = Engine.from_pretrained(make_tiny_model_dir(tmp_path_factory.mktemp("tiny-page"), bundled_tokenizer_path))
     script = base.tokenizer.encode(REPLY) + [base.protocol.end_of_turn_id]
     engine = Engine(SlowScripted(base.model, script), base.protocol)

@@ -243,7 +243,6 @@ def test_cli_to_label_hands_complete_runs_to_import_conversations(tmp_path, monk
 
 
 def test_to_label_into_the_real_labeling_app(tmp_path):
-    pytest.importorskip("chatloom.label.transfer")
     from chatloom.synth.handoff import to_label
 
     out = tmp_path / "s.jsonl"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from chatloom.synth import FilterConfig, ModelSpec, RetryPolicy, Sampling, Seed, SynthConfig, plan, run
 
 from .synth_fake_api import serve
@@ -17,11 +15,8 @@ def tiny_model_dir(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from chatloom import protocols
-    from chatloom.cli import DEFAULT_TOKENIZER
-    from chatloom.tokenizers import load_tokenizer
 
-    tok = load_tokenizer(str(DEFAULT_TOKENIZER))
-    protocols.get("chatml", tok)  # adds the protocol's control tokens
+    tok = protocols.resolve("chatml").tokenizer  # chatloom's bundled BPE with the protocol's control tokens
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                          num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512))
@@ -33,7 +28,6 @@ def tiny_model_dir(tmp_path):
 
 
 def test_synth_against_chatloom_serve_with_a_tiny_model(tmp_path):
-    pytest.importorskip("chatloom.serve")
     from chatloom.engine import Engine
     from chatloom.serve.app import create_app
 

@@ -115,13 +115,21 @@ def test_fsdp_run_checkpoints_resumes_and_exports_the_one_process_weights(tmp_pa
     want = load_file(tmp_path / "one" / "model.safetensors")
     for name, w in want.items():  # the checkpoint holds full tensors gathered from the shards
         assert state["model"][name].shape == w.shape and type(state["model"][name]) is torch.Tensor, name
+    # What FSDP must preserve is the training update. Element-wise, weights cannot be compared tightly: Adam divides
+    # each gradient by its own running RMS, so an element whose gradient is ~0 moves by about +-lr whatever its sign,
+    # and fp32 reduction order (which differs between 1 and 2 processes) decides that sign. So: per tensor, the
+    # difference from the one-process run must be tiny relative to how far training moved the tensor (the update),
+    # and no element may differ by more than Adam can move one in these steps.
+    init = Run(_config(data, tmp_path / "init", batch_size=1, grad_accum=4)).model.state_dict()
+    max_move = 2 * common["lr"] * common["max_steps"]
     for run_dir in (out, cross):
         got = AutoModelForCausalLM.from_pretrained(run_dir).state_dict()
         assert set(got) == set(want)
         for name, w in want.items():
-            diff = (got[name] - w).abs().max().item()
-            assert diff <= 1e-4 * w.abs().max().item(), (run_dir, name, diff)  # fp32 reduction order (which Adam
-            # amplifies on gradients near zero) only
+            update = (w - init[name]).norm().item()
+            assert update > 0, name
+            assert (got[name] - w).norm().item() <= 1e-3 * update, (run_dir, name, (got[name] - w).norm().item(), update)
+            assert (got[name] - w).abs().max().item() <= max_move, (run_dir, name)
     card = json.loads((out / "run_card.json").read_text())
     assert card["world_size"] == 2 and card["config"]["fsdp"] and card["steps"] == 4
     assert card["final"]["val_loss"] == pytest.approx(ref.final["val_loss"], rel=1e-4)

@@ -16,7 +16,7 @@ from .evals import cli as evals_cli
 from .label import cli as label_cli
 from .serve import cli as serve_cli
 from .synth import cli as synth_cli
-from .tokenizers import load_tokenizer, train_bpe
+from .tokenizers import BUNDLED_TOKENIZER, train_bpe
 from .train import cli as train_cli
 
 app = typer.Typer(help="chatloom: post-train language models on conversations.", no_args_is_help=True,
@@ -34,20 +34,13 @@ err = Console(stderr=True, soft_wrap=True)
 
 PACKAGE_DIR = Path(__file__).parent
 EXAMPLE = PACKAGE_DIR / "examples" / "seed.jsonl"
-DEFAULT_TOKENIZER = PACKAGE_DIR / "assets" / "tokenizer"
+DEFAULT_TOKENIZER = BUNDLED_TOKENIZER  # old name, kept importable; the one home is chatloom.tokenizers
+resolve_protocol = protocols_mod.resolve  # old name, kept importable; the one home is chatloom.protocols.resolve
 
 
 def fail(message: str, code: int = 2):
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
-
-
-def resolve_protocol(protocol: str, tokenizer: str | None, template: str | None):
-    """The protocol the user asked for, with a sensible default tokenizer (chatloom's bundled BPE)."""
-    tok = load_tokenizer(tokenizer or str(DEFAULT_TOKENIZER))
-    if template is not None:
-        return protocols_mod.from_template(template, tok)
-    return protocols_mod.get(protocol, tok)
 
 
 @app.command()
@@ -65,7 +58,7 @@ def tokens(
 
     file = file or EXAMPLE
     try:
-        proto = resolve_protocol(protocol, tokenizer, template)
+        proto = protocols_mod.resolve(protocol, tokenizer, template)
         convs = list(load_conversations(file))
     except (ValidationError, FileNotFoundError, ValueError) as e:
         fail(str(e))

@@ -241,7 +241,7 @@ def iter_parquet(path: str | Path, *, on_error: str = "fail", rejects: Rejects |
 
     path = Path(path)
     batches = pq.ParquetFile(path).iter_batches(batch_size=2048)
-    rows = ((n, _from_parquet_row(d), d) for n, d in enumerate((d for b in batches for d in b.to_pylist()), 1))
+    rows = ((n, from_parquet_row(d), d) for n, d in enumerate((d for b in batches for d in b.to_pylist()), 1))
     yield from _checked(path, rows, on_error=on_error, rejects=rejects, require_assistant_end=require_assistant_end)
 
 
@@ -309,7 +309,9 @@ def to_parquet_row(c: Conversation) -> dict:
     }
 
 
-def _from_parquet_row(d: dict) -> dict:
+def from_parquet_row(d: dict) -> dict:
+    """A Parquet row (`to_parquet_row`'s columns, or any table in that layout) back to a Conversation dict: null fields
+    dropped, JSON text columns parsed, `train` kept only where it says something (a non-default on an assistant turn)."""
     messages = []
     for m in d.get("messages") or []:
         m = {k: v for k, v in m.items() if v is not None}
@@ -324,6 +326,9 @@ def _from_parquet_row(d: dict) -> dict:
         if v is not None:
             out[key] = json.loads(v) if isinstance(v, str) else v
     return out
+
+
+_from_parquet_row = from_parquet_row  # the old private name, for code written against it
 
 
 def write_parquet(conversations: Iterable[Conversation], path: str | Path, batch_size: int = 4096) -> int:

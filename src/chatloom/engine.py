@@ -10,7 +10,6 @@ and text that could still become a stop string is held back until it cannot.
 from __future__ import annotations
 
 import codecs
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -134,7 +133,12 @@ class Request:
 
 class Engine:
     """KV-cache sampling from `protocol.prompt(conv)` for any transformers causal LM (Llama-family models go through
-    the lean `engine_llama.LlamaDecoder` unless `fast=False`)."""
+    the lean `engine_llama.LlamaDecoder` unless `fast=False`).
+
+    `Engine(model, ...)` changes the model it is given: it is put in eval mode, and with the fast decoder its q/k/v and
+    gate/up `Linear` weights are replaced by views into fused tensors (same values, no copy). The model still computes
+    the same outputs, but its parameters are no longer separate tensors: to keep training or saving a model as it was,
+    give the engine a copy (`copy.deepcopy(model)`) or pass `fast=False`."""
 
     def __init__(self, model, protocol: Protocol, max_context: int | None = None, fast: bool = True):
         from .engine_llama import LlamaDecoder
@@ -161,7 +165,7 @@ class Engine:
         weights for the linear layers (CPU; a quarter of the fp32 weight bytes per token, small accuracy loss)."""
         from transformers import AutoModelForCausalLM
 
-        from . import protocols
+        from . import model_meta, protocols
         from .tokenizers import load_tokenizer
 
         model_dir = Path(model_dir)
@@ -185,9 +189,7 @@ class Engine:
         special = set(protocol.tokenizer.special_tokens.values())  # a default config's eos=2 may be an ordinary token
         engine.stop_ids |= {i for i in ([eos] if isinstance(eos, int) else eos or []) if i in special}
         engine.name = model_dir.name
-        meta = model_dir / "chatloom.json"
-        if meta.exists():
-            engine.meta = json.loads(meta.read_text(encoding="utf-8"))
+        engine.meta = model_meta.read(model_dir)
         return engine
 
     name = "chatloom"

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+#: chatloom's own byte-level BPE (8k tokens, a Hugging Face tokenizer directory shipped in the package): the one
+#: default tokenizer of every command and API that takes an optional tokenizer (`load_tokenizer(None)` returns it).
+BUNDLED_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tokenizer"
+
 # Ids that the tiktokenizer app (and OpenAI's chat format) uses for the chat control tokens of these encodings.
 TIKTOKEN_CHAT_IDS = {
     "o200k_base": {"<|im_start|>": 200264, "<|im_end|>": 200265, "<|im_sep|>": 200266},
@@ -292,9 +296,14 @@ class TiktokenTokenizer(Tokenizer):
     """A tiktoken encoding built from a local `.tiktoken` rank file (no network); control tokens are tiktoken specials."""
 
     def __init__(self, encoding, name: str, eos_token: str | None = "<|endoftext|>"):
-        self.enc = encoding
+        self._set_encoding(encoding)
         self.name = name
-        self.eos_token = eos_token if eos_token in encoding._special_tokens else None
+        self.eos_token = eos_token if eos_token in self._special else None
+
+    def _set_encoding(self, encoding) -> None:
+        self.enc = encoding
+        # our own map, from tiktoken's public API (a caller changing it cannot corrupt the encoding)
+        self._special = {t: encoding.encode_single_token(t) for t in sorted(encoding.special_tokens_set)}
         self._token_lengths = None
 
     @classmethod
@@ -344,9 +353,9 @@ class TiktokenTokenizer(Tokenizer):
     def _lengths(self):
         if self._token_lengths is None:
             lengths = np.zeros(self.enc.n_vocab, dtype=np.int64)
-            for token, rank in self.enc._mergeable_ranks.items():
+            for token, rank in _mergeable_ranks(self.enc).items():
                 lengths[rank] = len(token)
-            for token, rank in self.enc._special_tokens.items():
+            for token, rank in self._special.items():
                 lengths[rank] = len(token.encode())
             self._token_lengths = lengths
         return self._token_lengths
@@ -359,25 +368,27 @@ class TiktokenTokenizer(Tokenizer):
 
     @property
     def special_tokens(self) -> dict[str, int]:
-        return self.enc._special_tokens
+        return self._special
 
     def add_special_tokens(self, tokens: Sequence[str]) -> list[str]:
+        """Adds the missing `tokens` by replacing `self.enc` with a new encoding (the old object is left as it was,
+        so copies made by `copy_tokenizer` and callers holding the old encoding do not change)."""
         import tiktoken
 
-        missing = [t for t in tokens if t not in self.enc._special_tokens]
+        missing = [t for t in tokens if t not in self._special]
         if not missing:
             return []
-        specials = dict(self.enc._special_tokens)
+        specials = dict(self._special)
         known = TIKTOKEN_CHAT_IDS.get(self.name, {})
+        ranks = _mergeable_ranks(self.enc)
         for t in missing:
-            used = set(specials.values()) | set(self.enc._mergeable_ranks.values())
+            used = set(specials.values()) | set(ranks.values())
             tid = known.get(t)
             if tid is None or tid in used:
                 tid = max(used) + 1
             specials[t] = tid
-        self.enc = tiktoken.Encoding(name=f"{self.name}+chat", pat_str=self.enc._pat_str,
-                                     mergeable_ranks=self.enc._mergeable_ranks, special_tokens=specials)
-        self._token_lengths = None
+        self._set_encoding(tiktoken.Encoding(name=f"{self.name}+chat", pat_str=_pattern(self.enc),
+                                             mergeable_ranks=ranks, special_tokens=specials))
         return missing
 
     def __len__(self) -> int:
@@ -392,11 +403,25 @@ class TiktokenTokenizer(Tokenizer):
 _TIKTOKEN_PATCH_LOCK = threading.Lock()
 
 
-def load_tokenizer(source: str | Path | Tokenizer) -> Tokenizer:
+# tiktoken has no public API for an encoding's rank table or split pattern, and chatloom needs both: token byte lengths
+# (character offsets for masks) and a new Encoding with the same ranks plus chat control tokens. These two functions
+# are the only places that read tiktoken's private attributes; tests/test_layering.py pins what they return.
+def _mergeable_ranks(enc) -> dict[bytes, int]:
+    return enc._mergeable_ranks
+
+
+def _pattern(enc) -> str:
+    return enc._pat_str
+
+
+def load_tokenizer(source: str | Path | Tokenizer | None = None) -> Tokenizer:
     """A tokenizer from a model directory, a `tokenizer.json`, a `.tiktoken` file, a tiktoken encoding name whose rank
-    file is in the tiktoken cache, or (with network) a Hugging Face Hub id."""
+    file is in the tiktoken cache, or (with network) a Hugging Face Hub id. None (or ""): chatloom's bundled BPE
+    (`BUNDLED_TOKENIZER`), a fresh object each call."""
     if isinstance(source, Tokenizer):
         return source
+    if source is None or source == "":
+        source = BUNDLED_TOKENIZER
     path = Path(str(source))
     if path.suffix == ".tiktoken":
         if not path.exists():

@@ -87,11 +87,11 @@ def stats(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Rows, turns, tokens per role under a protocol/tokenizer, languages, tags, sources, licences."""
-    from ..cli import resolve_protocol
+    from ..protocols import resolve
     from .inspect import stats as run
 
     try:
-        result = run(files, resolve_protocol(protocol, tokenizer, None))
+        result = run(files, resolve(protocol, tokenizer))
     except (ValidationError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     if as_json:

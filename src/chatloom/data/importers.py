@@ -1,7 +1,7 @@
 """One converter per public conversation format, each turning a source record into a Conversation dict.
 
 Readers yield `(line, record)` pairs so that every error names `file:line`; converters raise `ValidationError` naming
-the field. The import driver (`run_import`) validates, counts and writes rejects: nothing is dropped silently.
+the field. The import driver (`convert`) validates, counts and writes rejects: nothing is dropped silently.
 Formats: openai (messages), sharegpt (from/value), alpaca (instruction/input/output, and self-instruct seed tasks with
 `instances`), oasst (see oasst.py), ultrachat ({id, data}), hh ("\\n\\nHuman: ... \\n\\nAssistant: ..."), parquet and
 `hf:NAME[:split]` (Hugging Face datasets, when the network allows).
@@ -16,36 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..conversation import Conversation, Rejects, ValidationError
+from ..conversation import Conversation, Rejects, ValidationError, from_parquet_row
+from .oasst import oasst_records
+from .records import read_records
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
                   "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system", "tool": "tool"}
-
-
-def read_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line, record) from JSONL, a JSON list (line = element number), or Parquet (line = row number).
-    A line that is not JSON yields a ValidationError in place of the record."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=2048):
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
-        return
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        yield from enumerate(data if isinstance(data, list) else [data], 1)
-        return
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, ValidationError(f"not valid JSON ({e.msg} at column {e.colno})", field="(line)")
 
 
 def _need(rec: Any, key: str, kind=str, where: str | None = None):
@@ -135,11 +111,9 @@ def from_hh(rec: Any) -> list[dict]:
 
 def from_parquet_table(rec: Any) -> list[dict]:
     """A row of a Parquet/Arrow table in the Conversation layout (messages as structs or JSON text)."""
-    from ..conversation import _from_parquet_row
-
     if isinstance(rec, dict) and isinstance(rec.get("messages"), str):
         rec = {**rec, "messages": json.loads(rec["messages"])}
-    return [_from_parquet_row(rec) if isinstance(rec, dict) else rec]
+    return [from_parquet_row(rec) if isinstance(rec, dict) else rec]
 
 
 CONVERTERS: dict[str, Callable[[Any], list[dict]]] = {
@@ -169,8 +143,6 @@ def convert(fmt: str, path: Path, *, license: str | None = None, on_error: str =
     rejects = rejects if rejects is not None else Rejects()
     source = f"{fmt}:{path.name}" if not fmt.startswith("hf:") else fmt
     if fmt == "oasst":
-        from .oasst import oasst_records
-
         records: Iterable[tuple[int, Any]] = oasst_records(path, **options)
         converter = from_openai
     elif fmt.startswith("hf:"):

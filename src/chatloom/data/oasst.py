@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..conversation import ValidationError
-from .importers import read_records
+from .records import read_records
 
 ROLE = {"prompter": "user", "assistant": "assistant"}
 

@@ -1,8 +1,12 @@
 """Accounts and sessions: argon2id password hashes, random session tokens (only their hash is stored), CSRF tokens bound
-to the session (HMAC of it), and a login rate limit per user name and client address."""
+to the session (HMAC of it), and a login limiter that slows guessing per client address and per account.
+
+The client address is the TCP peer unless the operator names the proxies whose `X-Forwarded-For` is believed
+(`chatloom label serve --forwarded-allow-ips`); a forged header from anyone else changes nothing."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -22,7 +26,9 @@ SESSION_COOKIE = "chatloom_session"
 ANON_COOKIE = "chatloom_anon"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
+DEVICE_COOKIE = "chatloom_device"
 SESSION_DAYS = 7
+DEVICE_DAYS = 90
 
 hasher = PasswordHasher()  # argon2id with the library's defaults (64 MiB per hash); tests swap in cheaper parameters
 hash_slots = threading.BoundedSemaphore(4)  # a burst of logins must not allocate 64 MiB per request thread at once
@@ -115,12 +121,46 @@ def csrf_ok(secret: str, bound_to: str | None, presented: str | None) -> bool:
     return hmac.compare_digest(csrf_token(secret, bound_to), presented)
 
 
-class LoginLimiter:
-    """At most `attempts` failed logins per (name, address) and per address within `window` seconds."""
+def device_cookie(secret: str, name: str, days: int = DEVICE_DAYS) -> str:
+    """A signed "this browser has logged in as `name`" cookie: it exempts its holder from the per-account delay."""
+    who = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+    expires = int(time.time()) + days * 86400
+    sig = hmac.new(secret.encode(), f"device:{who}:{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{who}.{expires}.{sig}"
 
-    def __init__(self, attempts: int = 5, window: float = 60.0):
+
+def device_ok(secret: str, cookie: str | None, name: str) -> bool:
+    if not cookie or cookie.count(".") != 2:
+        return False
+    who, expires, sig = cookie.split(".")
+    good = hmac.new(secret.encode(), f"device:{who}:{expires}".encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(good, sig) or not expires.isdigit() or int(expires) < time.time():
+        return False
+    try:
+        return base64.urlsafe_b64decode(who + "=" * (-len(who) % 4)).decode() == name
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+class LoginLimiter:
+    """Slows password guessing without handing attackers a way to lock people out.
+
+    - Per client address: at most `attempts` failed logins per (name, address) and `4 * attempts` per address within
+      `window` seconds.
+    - Per account, from any address: after `free` failures, the next guess must wait `base * 2**k` seconds after the
+      previous failure (k = failures beyond `free`), at most `cap` seconds; failures are forgotten after `forget`
+      seconds without one, and on a successful login. The wait is bounded (never a lockout), and a browser that has
+      logged in to that account before (a signed device cookie) does not wait at all, so the owner is not locked out
+      by someone guessing their password.
+    A refused attempt does not check the password, so it reveals nothing.
+    """
+
+    def __init__(self, attempts: int = 5, window: float = 60.0, *, free: int = 3, base: float = 1.0, cap: float = 60.0,
+                 forget: float = 900.0, clock=time.monotonic):
         self.attempts, self.window = attempts, window
+        self.free, self.base, self.cap, self.forget, self.clock = free, base, cap, forget, clock
         self.failures: dict[str, deque[float]] = defaultdict(deque)
+        self.accounts: dict[str, tuple[int, float]] = {}  # name -> (failures, time of the last one)
         self.lock = threading.Lock()
 
     def _recent(self, key: str, t: float) -> deque[float]:
@@ -129,21 +169,46 @@ class LoginLimiter:
             q.popleft()
         return q
 
-    def blocked(self, name: str, address: str) -> bool:
-        t = time.monotonic()
+    def account_delay(self, n_failures: int) -> float:
+        """How long the account waits after its `n_failures`-th failure (0 for the first `free`)."""
+        extra = n_failures - self.free
+        return 0.0 if extra < 0 else min(self.cap, self.base * 2.0 ** min(extra, 62))
+
+    def wait(self, name: str, address: str, *, known_device: bool = False) -> float:
+        """Seconds until this attempt may be made (0: go ahead)."""
+        t = self.clock()
         with self.lock:
-            return (len(self._recent(f"u:{name}|{address}", t)) >= self.attempts
-                    or len(self._recent(f"a:{address}", t)) >= self.attempts * 4)
+            waits = [0.0]
+            for key, limit in ((f"u:{name}|{address}", self.attempts), (f"a:{address}", self.attempts * 4)):
+                q = self._recent(key, t)
+                if len(q) >= limit:
+                    waits.append(q[-limit] + self.window - t)
+            if not known_device and name in self.accounts:
+                n, last = self.accounts[name]
+                if t - last > self.forget:
+                    del self.accounts[name]
+                else:
+                    waits.append(last + self.account_delay(n) - t)
+            return max(waits)
+
+    def blocked(self, name: str, address: str) -> bool:
+        return self.wait(name, address) > 0
 
     def failed(self, name: str, address: str) -> None:
-        t = time.monotonic()
+        t = self.clock()
         with self.lock:
             if len(self.failures) > 50_000:  # many names tried: forget the ones whose window has passed
                 for key in [k for k, q in self.failures.items() if not q or q[-1] < t - self.window]:
                     del self.failures[key]
+            if len(self.accounts) > 50_000:
+                for key in [k for k, (_, last) in self.accounts.items() if t - last > self.forget]:
+                    del self.accounts[key]
             self.failures[f"u:{name}|{address}"].append(t)
             self.failures[f"a:{address}"].append(t)
+            n, last = self.accounts.get(name, (0, t))
+            self.accounts[name] = (1 if t - last > self.forget else n + 1, t)
 
     def succeeded(self, name: str, address: str) -> None:
         with self.lock:
             self.failures.pop(f"u:{name}|{address}", None)
+            self.accounts.pop(name, None)

@@ -46,22 +46,57 @@ def _database(url: str):
         _fail(f"cannot open database {url}: {e}")
 
 
+def server_config(app, host: str, port: int, forwarded_allow_ips: str | None = None, **kw):
+    """uvicorn's config for the app: `X-Forwarded-For` is believed only from the proxies the operator names (uvicorn
+    would otherwise trust it from 127.0.0.1, and a forged address per try would dodge the login limiter)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, proxy_headers=bool(forwarded_allow_ips),
+                          forwarded_allow_ips=forwarded_allow_ips or "", **kw)
+
+
 @app.command()
 def serve(db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP),
           host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8080, "--port"),
-          secure_cookies: bool = typer.Option(False, "--secure-cookies", help="Mark cookies Secure (behind HTTPS).")):
+          secure_cookies: bool = typer.Option(False, "--secure-cookies", help="Mark cookies Secure (behind HTTPS)."),
+          draft_endpoint: list[str] = typer.Option([], "--draft-endpoint", help=(
+              "NAME=BASE_URL of an OpenAI-compatible endpoint projects may draft with (repeatable). Its key comes from "
+              "$CHATLOOM_LABEL_DRAFT_KEY_<NAME> or --draft-key, and is only ever sent to that URL.")),
+          draft_key: list[str] = typer.Option([], "--draft-key", help=(
+              "NAME=KEY for a --draft-endpoint (repeatable; prefer the environment variable: a command line is "
+              "visible to other users of the machine).")),
+          tokenizer_dir: list[Path] = typer.Option([], "--tokenizer-dir", help=(
+              "A folder admins may pick project tokenizers from (repeatable); without one, projects use the bundled "
+              "tokenizer.")),
+          allow_draft_urls: bool = typer.Option(True, "--allow-draft-urls/--no-draft-urls", help=(
+              "Whether admins may type draft URLs of their own (never sent a key). --no-draft-urls: only the "
+              "--draft-endpoint names, so the server sends nothing where an admin points it.")),
+          forwarded_allow_ips: str = typer.Option(None, "--forwarded-allow-ips", help=(
+              "Comma-separated proxy addresses whose X-Forwarded-For is believed (default: none; the client is the TCP "
+              "peer)."))):
     """Migrate the database to the newest schema and serve the app."""
     import threading
 
     import uvicorn
 
     from .app import create_app
+    from .drafts import EndpointConfigError, Endpoints
     from .preview import warm_up
 
+    try:
+        endpoints = Endpoints.configure(draft_endpoint, draft_key)
+    except EndpointConfigError as e:
+        _fail(str(e))
+    for d in tokenizer_dir:
+        if not d.is_dir():
+            _fail(f"--tokenizer-dir {d}: not a folder")
     database = _database(db)
     threading.Thread(target=warm_up, args=(database,), daemon=True).start()
-    console.print(f"chatloom label on http://{host}:{port}/login · database {db}")
-    uvicorn.run(create_app(database, secure_cookies=secure_cookies), host=host, port=port, log_level="info")
+    console.print(f"chatloom label on http://{host}:{port}/login · database {db}"
+                  + (f" · draft endpoints: {', '.join(endpoints.names())}" if len(endpoints) else ""))
+    app_ = create_app(database, secure_cookies=secure_cookies, draft_endpoints=endpoints, tokenizer_dirs=tokenizer_dir,
+                      allow_draft_urls=allow_draft_urls)
+    uvicorn.Server(server_config(app_, host, port, forwarded_allow_ips, log_level="info")).run()
 
 
 @user_app.command("add")
@@ -139,6 +174,10 @@ def export(project: str = typer.Option(..., "--project", "-p"),
                 convs = transfer.export_project(s, service.project_by_name(s, project), threads, progress=step)
     except service.LabelError as e:
         _fail(str(e))
+    if not convs:
+        with database.session() as s:
+            reason = transfer.why_empty(s, service.project_by_name(s, project), threads)
+        _fail(f"nothing written to {out}: {reason}")
     out.parent.mkdir(parents=True, exist_ok=True)
     n = save(convs, out)
     console.print(f"wrote {n} conversations ({threads} threads) to {out}")

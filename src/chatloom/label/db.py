@@ -1,8 +1,10 @@
 """Database access: an engine for a SQLite file or a PostgreSQL URL, Alembic migrations to the newest schema, sessions.
 
-SQLite runs in WAL mode and every transaction starts with BEGIN IMMEDIATE, so concurrent writers queue instead of failing
-half-way (threads of one process queue on a lock, other processes on SQLite's busy timeout); PostgreSQL uses its own
-row locking.
+SQLite runs in WAL mode and every writing transaction starts with BEGIN IMMEDIATE, so concurrent writers queue instead of
+failing half-way (threads of one process queue on a lock, other processes on SQLite's busy timeout); reading
+transactions (`db.session(readonly=True)`: page views, the session lookup, previews, the queue's first look) use a
+second pool of `query_only` connections with a plain BEGIN, so they never wait for the writer (WAL readers see the last
+commit). PostgreSQL uses its own row locking.
 """
 
 from __future__ import annotations
@@ -33,8 +35,26 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str = DEFAULT_URL) -> Engine:
+def make_engine(url: str = DEFAULT_URL, *, readonly: bool = False) -> Engine:
+    """An engine for `url`; with `readonly` (SQLite), connections that can only read and never take the writer lock."""
     url = normalize_url(url)
+    if url.startswith("sqlite") and readonly:
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20,
+                               max_overflow=40)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_reader(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA query_only=ON")  # a write on a reading session is an error, never a silent race
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_read_begin(conn):
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20,
                                max_overflow=40)
@@ -93,6 +113,27 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         conn.commit()
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to `revision` (each migration's downgrade keeps the rows it can)."""
+    from alembic import command
+
+    cfg = alembic_config(engine)
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
@@ -109,10 +150,14 @@ class Database:
         if run_migrations:
             migrate(self.engine)
         self.factory = sessionmaker(self.engine, expire_on_commit=False)
+        sqlite = self.engine.url.get_backend_name() == "sqlite"
+        self.read_engine = make_engine(url, readonly=True) if sqlite else self.engine
+        self.read_factory = sessionmaker(self.read_engine, expire_on_commit=False) if sqlite else self.factory
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        s = self.factory()
+    def session(self, readonly: bool = False) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error. `readonly`: for work that only reads."""
+        s = (self.read_factory if readonly else self.factory)()
         try:
             yield s
             s.commit()
@@ -124,3 +169,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()

@@ -6,7 +6,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("admin", "labeler", "reviewer")
@@ -55,7 +68,8 @@ class Project(Base):
     protocol: Mapped[str] = mapped_column(String(32), default="chatml")
     tokenizer_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
-    draft_base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    draft_endpoint: Mapped[str | None] = mapped_column(String(64), nullable=True)  # an operator endpoint, by name
+    draft_base_url: Mapped[str | None] = mapped_column(Text, nullable=True)  # typed by an admin: sent no key
     draft_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
     replies_per_prompt: Mapped[int] = mapped_column(Integer, default=2)
     reviews_per_message: Mapped[int] = mapped_column(Integer, default=1)
@@ -132,7 +146,11 @@ class Task(Base):
 
 
 class Review(Base):
+    """One reviewer's judgement of one message. A reviewer has at most one current review per message (a partial unique
+    index); reviews duplicated before that rule existed are kept, the newest one current, the earlier `superseded`."""
     __tablename__ = "reviews"
+    __table_args__ = (Index("uq_reviews_current", "message_id", "reviewer_id", unique=True,
+                            sqlite_where=text("NOT superseded"), postgresql_where=text("NOT superseded")),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -149,11 +167,15 @@ class Review(Base):
     instruction_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Ranking(Base):
-    """An ordering of the assistant replies under one user message, best first (`order` is a list of message ids)."""
+    """An ordering of the assistant replies under one user message, best first (`order` is a list of message ids).
+    One current ranking per ranker and prompt, like reviews."""
     __tablename__ = "rankings"
+    __table_args__ = (Index("uq_rankings_current", "parent_id", "ranker_id", unique=True,
+                            sqlite_where=text("NOT superseded"), postgresql_where=text("NOT superseded")),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     parent_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
     ranker_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -163,3 +185,4 @@ class Ranking(Base):
     instruction_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=now)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

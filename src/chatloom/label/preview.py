@@ -17,14 +17,26 @@ MAX_PREVIEW_CHARS = 60_000
 @lru_cache(maxsize=8)
 def _protocol(protocol: str, tokenizer_path: str | None):
     from .. import protocols
-    from ..cli import DEFAULT_TOKENIZER
+    from ..tokenizers import load_tokenizer
 
-    return protocols.get(protocol, str(tokenizer_path or DEFAULT_TOKENIZER), copy=True)
+    return protocols.get(protocol, load_tokenizer(tokenizer_path or None), copy=True)
+
+
+class PreviewUnavailable(RuntimeError):
+    """The project's protocol or tokenizer cannot be loaded (its settings need fixing)."""
+
+
+def protocol_for_settings(protocol: str, tokenizer_path: str | None):
+    with _lock:
+        return _protocol(protocol, tokenizer_path)
 
 
 def protocol_for(project):
-    with _lock:
-        return _protocol(project.protocol, project.tokenizer_path)
+    try:
+        return protocol_for_settings(project.protocol, project.tokenizer_path)
+    except Exception as e:  # a tokenizer stored before settings were checked, or a file that changed since
+        raise PreviewUnavailable(f"this project's tokenizer cannot be loaded ({type(e).__name__}); an admin can fix it "
+                                 "in the project's settings") from None
 
 
 def preview(project, messages: list[dict], system: str | None = None) -> dict:

@@ -14,11 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Row, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
-from . import editdistance
+from . import editdistance, project_settings
 from .models import Instructions, Message, Project, Ranking, Review, Task, Tree, User, now
 
+SettingsPolicy = project_settings.SettingsPolicy
 DEFAULT_INSTRUCTIONS = Path(__file__).parent / "instructions" / "default.md"
 TASK_TTL = timedelta(hours=1)
 MAX_TEXT = 50_000
@@ -36,6 +38,13 @@ NEXT_ORDER = {
 }
 KIND_TITLES = {"prompt": "Write an initial prompt", "reply": "Write the assistant's reply",
                "followup": "Write the user's follow-up", "review": "Review a message", "rank": "Rank the replies"}
+KIND_HELP = {
+    "prompt": "start a new conversation: write what a user would ask",
+    "reply": "answer a user's message as the ideal assistant (a model draft can get you started)",
+    "followup": "continue a conversation as the user, after the assistant's reply",
+    "review": "rate one message: quality 1-5 and flags (spam, PII, should have refused ...)",
+    "rank": "order the replies to one prompt from best to worst",
+}
 
 
 class LabelError(ValueError):
@@ -51,7 +60,12 @@ class Conflict(LabelError):
 
 
 class NotFound(LabelError):
-    pass
+    """No such row (or not visible to this user); HTTP 404."""
+
+
+# Reviews and rankings that count: not withdrawn, not superseded by a newer one from the same person.
+CURRENT_REVIEW = Review.deleted.is_(False) & Review.superseded.is_(False)
+CURRENT_RANKING = Ranking.deleted.is_(False) & Ranking.superseded.is_(False)
 
 
 # ------------------------------------------------------------------------------------------------------------ projects
@@ -61,28 +75,22 @@ def default_instructions() -> str:
     return DEFAULT_INSTRUCTIONS.read_text(encoding="utf-8")
 
 
-def create_project(db: DbSession, name: str, *, creator: User | None = None, protocol: str = "chatml",
-                   tokenizer_path: str | None = None, instructions: str | None = None, system_prompt: str | None = None,
-                   draft_base_url: str | None = None, draft_model: str | None = None, replies_per_prompt: int = 2,
-                   reviews_per_message: int = 1, rankings_per_prompt: int = 1, max_depth: int = 3) -> Project:
-    from ..protocols import NAMES
-
-    name = name.strip()
+def create_project(db: DbSession, name: str, *, creator: User | None = None, instructions: str | None = None,
+                   policy: SettingsPolicy | None = None, **settings) -> Project:
+    """A new project with the default instructions (or `instructions`) as version 1. `settings` are the keys of
+    `PROJECT_SETTINGS`, checked (against the operator's `policy` when an admin chose them on a page)."""
+    name = (name or "").strip()
     if not name or len(name) > 128:
         raise LabelError("project name must be 1-128 characters")
-    if protocol not in NAMES or protocol == "hf" and not tokenizer_path:
-        raise LabelError(f"protocol must be one of {', '.join(NAMES)} ('hf' needs a tokenizer path with a template)")
+    defaults = {"protocol": "chatml", "replies_per_prompt": 2, "reviews_per_message": 1, "rankings_per_prompt": 1,
+                "max_depth": 3}
+    try:
+        values = {**defaults, **project_settings.clean({**defaults, **settings}, {}, policy)}
+    except project_settings.SettingsError as e:
+        raise LabelError(str(e)) from None
     if db.scalar(select(Project).where(Project.name == name)) is not None:
         raise Conflict(f"a project named {name!r} already exists")
-    for key, value in (("replies per prompt", replies_per_prompt), ("reviews per message", reviews_per_message),
-                       ("rankings per prompt", rankings_per_prompt), ("max depth", max_depth)):
-        if not 1 <= value <= 20:
-            raise LabelError(f"{key} must be between 1 and 20")
-    project = Project(name=name, protocol=protocol, tokenizer_path=tokenizer_path or None,
-                      system_prompt=system_prompt or None, draft_base_url=draft_base_url or None,
-                      draft_model=draft_model or None, replies_per_prompt=replies_per_prompt,
-                      reviews_per_message=reviews_per_message, rankings_per_prompt=rankings_per_prompt,
-                      max_depth=max_depth, created_by=creator.id if creator else None)
+    project = Project(name=name, created_by=creator.id if creator else None, **values)
     db.add(project)
     db.flush()
     db.add(Instructions(project_id=project.id, version=1, markdown=instructions or default_instructions(),
@@ -91,31 +99,22 @@ def create_project(db: DbSession, name: str, *, creator: User | None = None, pro
     return project
 
 
-PROJECT_SETTINGS = ("protocol", "tokenizer_path", "system_prompt", "draft_base_url", "draft_model", "replies_per_prompt",
-                    "reviews_per_message", "rankings_per_prompt", "max_depth")
+PROJECT_SETTINGS = project_settings.FIELDS
 
 
-def update_project(db: DbSession, project_id: int, user: User, **settings) -> Project:
+def update_project(db: DbSession, project_id: int, user: User, *, policy: SettingsPolicy | None = None,
+                   **settings) -> Project:
     """Change a project's settings (admin only); trees already written keep the system prompt they were written with."""
-    from ..protocols import NAMES
-
     if user.role != "admin":
         raise Forbidden("only admins change projects")
     project = get_project(db, project_id)
-    unknown = set(settings) - set(PROJECT_SETTINGS)
-    if unknown:
-        raise LabelError(f"unknown project setting(s) {sorted(unknown)}")
-    if "protocol" in settings and settings["protocol"] not in NAMES:
-        raise LabelError(f"protocol must be one of {', '.join(NAMES)}")
-    for key, value in settings.items():
-        if key in ("replies_per_prompt", "reviews_per_message", "rankings_per_prompt", "max_depth"):
-            if not isinstance(value, int) or not 1 <= value <= 20:
-                raise LabelError(f"{key.replace('_', ' ')} must be between 1 and 20")
-        elif isinstance(value, str):
-            value = value.strip() or None
+    current = {key: getattr(project, key) for key in PROJECT_SETTINGS}
+    try:
+        values = project_settings.clean(settings, current, policy)
+    except project_settings.SettingsError as e:
+        raise LabelError(str(e)) from None
+    for key, value in values.items():
         setattr(project, key, value)
-    if project.protocol == "hf" and not project.tokenizer_path:
-        raise LabelError("protocol 'hf' needs a tokenizer path with a chat template")
     db.flush()
     return project
 
@@ -178,28 +177,36 @@ class ProjectState:
     reserved_by: dict[tuple[str, int], set[int]] = field(default_factory=lambda: defaultdict(set))
 
 
-def load_state(db: DbSession, project_id: int) -> ProjectState:
+def load_state(db: DbSession, project_id: int, only: int | None = None) -> ProjectState:
+    """The project's queue state; with `only`, just what decides the slots of that one message (it, its children, its
+    reviews, rankings and open tasks), a few rows instead of the whole project."""
     # Open tasks first, messages after: under READ COMMITTED a submission committed in between is then counted twice
     # (safe), never zero times (an overbooked slot).
-    open_tasks = list(db.scalars(select(Task).where(Task.project_id == project_id, Task.status == "open",
-                                                    Task.created_at > now() - TASK_TTL)))
-    msgs = list(db.execute(select(Message.id, Message.tree_id, Message.parent_id, Message.role, Message.author_id,
-                                  Message.depth).join(Tree, Tree.id == Message.tree_id)
-                           .where(Tree.project_id == project_id, Message.deleted.is_(False), Tree.deleted.is_(False))))
+    tq = select(Task).where(Task.project_id == project_id, Task.status == "open", Task.created_at > now() - TASK_TTL)
+    mq = (select(Message.id, Message.tree_id, Message.parent_id, Message.role, Message.author_id, Message.depth)
+          .join(Tree, Tree.id == Message.tree_id)
+          .where(Tree.project_id == project_id, Message.deleted.is_(False), Tree.deleted.is_(False)))
+    rq = (select(Review.message_id, Review.reviewer_id).join(Message, Message.id == Review.message_id)
+          .join(Tree, Tree.id == Message.tree_id).where(Tree.project_id == project_id, CURRENT_REVIEW))
+    kq = (select(Ranking.parent_id, Ranking.ranker_id).join(Message, Message.id == Ranking.parent_id)
+          .join(Tree, Tree.id == Message.tree_id).where(Tree.project_id == project_id, CURRENT_RANKING))
+    if only is not None:
+        tq = tq.where(Task.target_id == only)
+        mq = mq.where((Message.id == only) | (Message.parent_id == only))
+        rq = rq.where(Review.message_id == only)
+        kq = kq.where(Ranking.parent_id == only)
+    open_tasks = list(db.scalars(tq))
+    msgs = list(db.execute(mq))
     messages = {m.id: m for m in msgs}
     children: dict[int, list[int]] = defaultdict(list)
     for m in sorted(msgs, key=lambda m: m.id):
-        if m.parent_id is not None:
+        if m.parent_id is not None and (only is None or m.parent_id == only):
             children[m.parent_id].append(m.id)
     reviewers: dict[int, set[int]] = defaultdict(set)
-    for mid, uid in db.execute(select(Review.message_id, Review.reviewer_id).join(Message, Message.id == Review.message_id)
-                               .join(Tree, Tree.id == Message.tree_id)
-                               .where(Tree.project_id == project_id, Review.deleted.is_(False))):
+    for mid, uid in db.execute(rq):
         reviewers[mid].add(uid)
     rankers: dict[int, set[int]] = defaultdict(set)
-    for pid, uid in db.execute(select(Ranking.parent_id, Ranking.ranker_id).join(Message, Message.id == Ranking.parent_id)
-                               .join(Tree, Tree.id == Message.tree_id)
-                               .where(Tree.project_id == project_id, Ranking.deleted.is_(False))):
+    for pid, uid in db.execute(kq):
         rankers[pid].add(uid)
     state = ProjectState(messages, children, Counter(m.tree_id for m in msgs), reviewers, rankers, open_tasks)
     for t in open_tasks:
@@ -253,32 +260,91 @@ def open_task_for(db: DbSession, project_id: int, user: User, kind: str | None) 
     return db.scalar(q.order_by(Task.id).limit(1))
 
 
-def next_task(db: DbSession, project: Project, user: User, kind: str | None = None) -> Task | None:
-    """The user's open task of this kind if any (a double click does not take two), else new work, else None."""
+def _check_kind(user: User, kind: str | None) -> None:
     if kind is not None and kind not in KIND_ROLES:
         raise LabelError(f"unknown task kind {kind!r}")
     if kind is not None and user.role not in KIND_ROLES[kind]:
         raise Forbidden(f"a {user.role} does not do {kind} tasks")
-    # one queue decision at a time per project (PostgreSQL row lock; SQLite transactions are already serial)
-    db.execute(select(Project.id).where(Project.id == project.id).with_for_update())
-    existing = open_task_for(db, project.id, user, kind)
+
+
+def next_task(db: DbSession, project: Project, user: User, kind: str | None = None) -> Task | None:
+    """The user's open task of this kind if any (a double click does not take two), else new work, else None.
+    (`plan_next` + `take_next` in one transaction; the web app runs the look in a reading transaction first.)"""
+    plan = plan_next(db, project.id, user, kind)
+    if plan.existing is not None:
+        return db.get(Task, plan.existing)
+    return take_next(db, project.id, user, kind, plan)
+
+
+def _new_task(db: DbSession, project: Project, user: User, kind: str, target: int | None) -> Task:
+    task = Task(project_id=project.id, kind=kind, user_id=user.id, target_id=target,
+                instruction_version=current_instructions(db, project.id).version)
+    db.add(task)
+    db.flush()
+    return task
+
+
+@dataclass
+class NextPlan:
+    """The queue's first look, made in a reading transaction: the user's open task, or the best few slots."""
+    project_name: str
+    existing: int | None = None
+    slots: list[tuple[str, int | None]] = field(default_factory=list)
+
+
+def plan_next(db: DbSession, project_id: int, user: User, kind: str | None = None, keep: int = 5) -> NextPlan:
+    """Decide what `user` should do next by looking at the whole project, without writing (so on SQLite without
+    holding the writer lock, which this look over every message would otherwise hold for its whole length)."""
+    _check_kind(user, kind)
+    project = get_project(db, project_id)
+    plan = NextPlan(project.name)
+    existing = open_task_for(db, project_id, user, kind)
     if existing is not None:
-        return existing
+        plan.existing = existing.id
+        return plan
     kinds = [kind] if kind else [k for k in NEXT_ORDER[user.role]]
-    state = load_state(db, project.id) if kinds != ["prompt"] else None
-    version = current_instructions(db, project.id).version
+    state = load_state(db, project_id) if kinds != ["prompt"] else None
     for k in kinds:
         if k == "prompt":
-            target = None
-        else:
-            found = candidates(state, project, user, k)
-            if not found:
+            plan.slots = [("prompt", None)]
+            return plan
+        found = candidates(state, project, user, k)
+        if found:
+            plan.slots = [(k, target) for target in found[:keep]]
+            return plan
+    return plan
+
+
+def take_next(db: DbSession, project_id: int, user: User, kind: str | None, plan: NextPlan) -> Task | None:
+    """The write after `plan_next`: the first planned slot that is still free, re-checked on that message alone while
+    its row is locked; if others took all of them meanwhile, look again in this transaction and try those slots.
+
+    Locks (PostgreSQL; SQLite's writer lock already serializes): the user's row, so one person's double click cannot
+    take two tasks, and the target message's row (skipped if someone else holds it), so two people cannot take its
+    last slot; different slots are taken in parallel. A submission needs no lock: it closes its task and adds its row in one transaction, and the re-check
+    reads open tasks before messages, so a slot in flight is counted twice (safe), never zero times."""
+    project = get_project(db, project_id)
+    db.execute(select(User.id).where(User.id == user.id).with_for_update())
+    existing = open_task_for(db, project_id, user, kind)
+    if existing is not None:
+        return existing
+    for attempt in range(3):
+        for k, target in plan.slots:
+            if target is None:
+                return _new_task(db, project, user, k, None)
+            # SKIP LOCKED: a slot someone else is deciding on right now is passed over, never waited for (waiting
+            # while holding another slot's lock could deadlock)
+            if db.execute(select(Message.id).where(Message.id == target).with_for_update(skip_locked=True)).first() \
+                    is None:
                 continue
-            target = found[0]
-        task = Task(project_id=project.id, kind=k, user_id=user.id, target_id=target, instruction_version=version)
-        db.add(task)
-        db.flush()
-        return task
+            if target in candidates(load_state(db, project_id, only=target), project, user, k):
+                return _new_task(db, project, user, k, target)
+        if attempt < 2:
+            plan = plan_next(db, project_id, user, kind, keep=20)
+            if plan.existing is not None:
+                return db.get(Task, plan.existing)
+            if not plan.slots:
+                return None
     return None
 
 
@@ -379,14 +445,35 @@ def submit_review(db: DbSession, task: Task, user: User, quality: int, flags: di
     can_review(user, message)
     if not isinstance(quality, int) or not 1 <= quality <= 5:
         raise LabelError("quality must be 1 to 5")
+    _refuse_second_review(db, user, message.id)
     _close(db, task, user)
     review = Review(message_id=message.id, reviewer_id=user.id, task_id=task.id, quality=quality,
                     comment=(comment or "").strip() or None, time_spent_s=_elapsed(task),
                     instruction_version=task.instruction_version,
                     **{k: bool(flags.get(k, False)) for k in REVIEW_FLAGS})
     db.add(review)
-    db.flush()
+    _flush_unique(db, f"you have already reviewed message {message.id}")
     return review
+
+
+def _flush_unique(db: DbSession, message: str) -> None:
+    """Flush; a unique index refusing the row (two submissions racing past the check) is a Conflict."""
+    try:
+        db.flush()
+    except IntegrityError:
+        db.rollback()
+        raise Conflict(f"{message}; nothing was saved twice") from None
+
+
+def existing_review(db: DbSession, user: User, message_id: int) -> Review | None:
+    return db.scalar(select(Review).where(Review.message_id == message_id, Review.reviewer_id == user.id,
+                                          CURRENT_REVIEW))
+
+
+def _refuse_second_review(db: DbSession, user: User, message_id: int) -> None:
+    if (done := existing_review(db, user, message_id)) is not None:
+        raise Conflict(f"you have already reviewed message {message_id} (review #{done.id}); one review per person "
+                       "and message")
 
 
 def review_task_for(db: DbSession, user: User, message_id: int) -> Task:
@@ -395,6 +482,7 @@ def review_task_for(db: DbSession, user: User, message_id: int) -> Task:
     if message is None or message.deleted:
         raise NotFound(f"no message {message_id}")
     can_review(user, message)
+    _refuse_second_review(db, user, message_id)
     project_id = db.get(Tree, message.tree_id).project_id
     task = db.scalar(select(Task).where(Task.user_id == user.id, Task.kind == "review", Task.target_id == message_id,
                                         Task.status == "open"))
@@ -417,11 +505,14 @@ def submit_ranking(db: DbSession, task: Task, user: User, order: list[int]) -> R
         if set(order) < ids:
             raise Conflict("a new reply was added while you were ranking; please rank again")
         raise LabelError("the ranking must order every reply exactly once")
+    if (done := db.scalar(select(Ranking).where(Ranking.parent_id == task.target_id, Ranking.ranker_id == user.id,
+                                                 CURRENT_RANKING))) is not None:
+        raise Conflict(f"you have already ranked the replies to message {task.target_id} (ranking #{done.id})")
     _close(db, task, user)
     ranking = Ranking(parent_id=task.target_id, ranker_id=user.id, task_id=task.id, order=list(order),
                       time_spent_s=_elapsed(task), instruction_version=task.instruction_version)
     db.add(ranking)
-    db.flush()
+    _flush_unique(db, f"you have already ranked the replies to message {task.target_id}")
     return ranking
 
 
@@ -480,11 +571,11 @@ def labeler_stats(db: DbSession) -> list[dict]:
     users = list(db.scalars(select(User).order_by(User.name)))
     done = Counter({uid: n for uid, n in db.execute(select(Task.user_id, func.count()).where(Task.status == "done")
                                                     .group_by(Task.user_id))})
-    reviews = list(db.scalars(select(Review).where(Review.deleted.is_(False))))
+    reviews = list(db.scalars(select(Review).where(CURRENT_REVIEW)))
     by_message: dict[int, list[Review]] = defaultdict(list)
     for r in reviews:
         by_message[r.message_id].append(r)
-    rankings = list(db.scalars(select(Ranking).where(Ranking.deleted.is_(False))))
+    rankings = list(db.scalars(select(Ranking).where(CURRENT_RANKING)))
     by_parent: dict[int, list[Ranking]] = defaultdict(list)
     for r in rankings:
         by_parent[r.parent_id].append(r)
@@ -548,3 +639,122 @@ def latest_trees(db: DbSession, project_id: int, limit: int = 50) -> list[tuple[
                        .where(Tree.project_id == project_id, Message.parent_id.is_(None))
                        .order_by(Message.id.desc()).limit(limit))
     return [(r, sizes.get(r.tree_id, 0)) for r in roots]
+
+
+# -------------------------------------------------------------------------------------------- what the pages show
+
+
+def projects(db: DbSession) -> list[Project]:
+    return list(db.scalars(select(Project).order_by(Project.name)))
+
+
+def queue_view(db: DbSession, user: User) -> dict:
+    """The task queue page: every project with its progress, the task types this user does, their open tasks."""
+    shown = projects(db)
+    open_tasks = list(db.scalars(select(Task).where(Task.user_id == user.id, Task.status == "open",
+                                                    Task.created_at > now() - TASK_TTL)
+                                 .order_by(Task.id.desc()).limit(20)))
+    kinds = [k for k in KIND_ROLES if user.role in KIND_ROLES[k]]
+    return {"projects": shown, "progress": {p.id: project_progress(db, p) for p in shown}, "open_tasks": open_tasks,
+            "kinds": kinds}
+
+
+def task_view(db: DbSession, task: Task) -> dict:
+    """Everything the task page shows: the thread so far, the instructions the task was given under, the replies to
+    rank."""
+    project = db.get(Project, task.project_id)
+    instructions = instruction_versions(db, project.id)
+    shown = next((i for i in instructions if i.version == task.instruction_version), instructions[0])
+    ctx = {"task": task, "project": project, "instructions": shown, "latest_version": instructions[0].version,
+           "thread": [], "target": None, "replies": []}
+    if task.target_id is not None:
+        ctx["target"] = db.get(Message, task.target_id)
+        ctx["thread"] = thread(db, task.target_id)
+        ctx["system_prompt"] = db.get(Tree, ctx["target"].tree_id).system_prompt
+    else:
+        ctx["system_prompt"] = project.system_prompt
+    if task.kind == "rank":
+        ctx["replies"] = siblings_to_rank(db, task.target_id)
+    return ctx
+
+
+def open_task_view(db: DbSession, task_id: int, user: User) -> dict:
+    task = get_task(db, task_id, user)
+    if task.kind == "review":
+        can_review(user, db.get(Message, task.target_id))
+    return task_view(db, task)
+
+
+def submit_positions(db: DbSession, task: Task, user: User, positions: dict[int, int]) -> Ranking:
+    """A ranking given as {reply id: position (1 = best)} from the ranking form."""
+    replies = siblings_to_rank(db, task.target_id) if task.kind == "rank" else []
+    if task.kind != "rank":
+        raise LabelError(f"task {task.id} is a {task.kind} task")
+    wanted = {m.id for m in replies}
+    if set(positions) != wanted:
+        if set(positions) < wanted:
+            raise Conflict("a new reply was added while you were ranking; please rank again")
+        raise LabelError("give every reply a position")
+    if sorted(positions.values()) != list(range(1, len(replies) + 1)):
+        raise LabelError("each position from 1 to the number of replies must be used exactly once")
+    return submit_ranking(db, task, user, [mid for mid, _ in sorted(positions.items(), key=lambda kv: kv[1])])
+
+
+def conversation_for(db: DbSession, task: Task, text: str) -> tuple[list[dict], str | None]:
+    """The conversation a task's text would complete ([{role, content}], system prompt), for previews and drafts."""
+    ctx_thread = thread(db, task.target_id) if task.target_id else []
+    messages = [{"role": m.role, "content": m.text} for m in ctx_thread]
+    if task.kind in ("prompt", "reply", "followup"):
+        messages.append({"role": "assistant" if task.kind == "reply" else "user", "content": text})
+    system = (db.get(Tree, ctx_thread[0].tree_id).system_prompt if ctx_thread
+              else db.get(Project, task.project_id).system_prompt)
+    return messages, system
+
+
+def draft_request(db: DbSession, task_id: int, user: User) -> tuple[Project, list[dict]]:
+    """The project and the messages (system first) to send for a draft of an open reply task."""
+    task = get_task(db, task_id, user)
+    if task.kind != "reply" or task.status != "open":
+        raise Conflict("drafts are only for open reply tasks")
+    messages, system = conversation_for(db, task, "")
+    messages = [m for m in messages if m["content"]]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return db.get(Project, task.project_id), messages
+
+
+def message_view(db: DbSession, message_id: int) -> dict:
+    msg = db.get(Message, message_id)
+    if msg is None:
+        raise NotFound(f"no message {message_id}")
+    return {"message": msg, "thread": thread(db, message_id),
+            "children": list(db.scalars(select(Message).where(Message.parent_id == message_id).order_by(Message.id)))}
+
+
+def editable_message(db: DbSession, message_id: int, user: User) -> Message:
+    msg = db.get(Message, message_id)
+    if msg is None or msg.deleted:
+        raise NotFound(f"no message {message_id}")
+    if msg.author_id != user.id and user.role != "admin":
+        raise Forbidden("only the author or an admin can edit a message")
+    return msg
+
+
+def instructions_view(db: DbSession, project_id: int, version: int | None) -> dict:
+    project = get_project(db, project_id)
+    versions = instruction_versions(db, project_id)
+    shown = next((v for v in versions if v.version == version), versions[0])
+    return {"project": project, "versions": versions, "shown": shown}
+
+
+def admin_view(db: DbSession) -> dict:
+    shown = projects(db)
+    return {"projects": shown, "progress": {p.id: project_progress(db, p) for p in shown},
+            "stats": labeler_stats(db), "users": list(db.scalars(select(User).order_by(User.name)))}
+
+
+def project_admin_view(db: DbSession, project_id: int) -> dict:
+    project = get_project(db, project_id)
+    versions = instruction_versions(db, project_id)
+    return {"project": project, "versions": versions, "current": versions[0], "editor_text": versions[0].markdown,
+            "progress": project_progress(db, project), "trees": latest_trees(db, project_id)}

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session as DbSession
 
 from ..conversation import Conversation, Rejects, ValidationError
 from ..conversation import Message as ConvMessage
+from ..data.oasst import threads as oasst_threads
 from . import editdistance
 from .models import Message, Project, Ranking, Review, Tree
-from .service import current_instructions
+from .service import CURRENT_RANKING, CURRENT_REVIEW, current_instructions
 
 
 @dataclass
@@ -160,10 +161,10 @@ def export_project(db: DbSession, project: Project, threads: str = "best",
         children[m.parent_id].append(m.id)
     ids = list(by_id)
     reviews: dict[int, list[Review]] = defaultdict(list)
-    for r in db.scalars(select(Review).where(Review.message_id.in_(ids), Review.deleted.is_(False))):
+    for r in db.scalars(select(Review).where(Review.message_id.in_(ids), CURRENT_REVIEW)):
         reviews[r.message_id].append(r)
     rankings: dict[int, list[Ranking]] = defaultdict(list)
-    for r in db.scalars(select(Ranking).where(Ranking.parent_id.in_(ids), Ranking.deleted.is_(False))):
+    for r in db.scalars(select(Ranking).where(Ranking.parent_id.in_(ids), CURRENT_RANKING)):
         rankings[r.parent_id].append(r)
     score: dict[int, float] = {}
     for rs in rankings.values():
@@ -177,21 +178,13 @@ def export_project(db: DbSession, project: Project, threads: str = "best",
     def has_reply_below(mid: int) -> bool:
         return any(by_id[c].role == "assistant" or has_reply_below(c) for c in children[mid])
 
-    def best_path(mid: int) -> list[int]:
-        path = [mid]
-        while True:
-            kids = [c for c in children[path[-1]] if by_id[path[-1]].role == "user" or has_reply_below(c)]
-            if not kids:
-                return path
-            path.append(max(kids, key=goodness))
-
-    def all_paths(mid: int, prefix: list[int]):
-        path = [*prefix, mid]
+    def as_oasst(mid: int) -> dict:
+        """The subtree under `mid` in OpenAssistant's nested shape, for the data layer's thread selection: replies
+        that lead nowhere (a follow-up nobody answered) are left out, and `rank` 0 is the best reply here."""
         kids = [c for c in children[mid] if by_id[mid].role == "user" or has_reply_below(c)]
-        if by_id[mid].role == "assistant" and not kids:
-            yield path
-        for c in kids:
-            yield from all_paths(c, path)
+        kids.sort(key=goodness, reverse=True)
+        return {"message_id": mid, "role": "assistant" if by_id[mid].role == "assistant" else "prompter",
+                "replies": [{**as_oasst(c), "rank": i} for i, c in enumerate(kids)]}
 
     convs = []
     if progress is not None:
@@ -202,12 +195,9 @@ def export_project(db: DbSession, project: Project, threads: str = "best",
         for root in children[None]:
             if by_id[root].tree_id != tree.id:
                 continue
-            paths = [best_path(root)] if threads == "best" else list(all_paths(root, []))
-            for path in paths:
-                while path and by_id[path[-1]].role != "assistant":
-                    path = path[:-1]
-                if path:
-                    convs.append(_conversation(project, tree, [by_id[i] for i in path], reviews, score, threads))
+            for path in oasst_threads(as_oasst(root), threads):  # trimmed to end on an assistant reply
+                convs.append(_conversation(project, tree, [by_id[m["message_id"]] for m in path], reviews, score,
+                                           threads))
     return convs
 
 
@@ -239,3 +229,20 @@ def _conversation(project: Project, tree: Tree, path: list[Message], reviews, sc
         meta["draft"] = {"model": drafted[-1]["model"], "edit_distance": drafted[-1]["edit_distance"],
                          "edit_chars": drafted[-1]["edit_chars"]}
     return Conversation(messages, id=f"label-{project.name}-{tree.id}-{path[-1].id}", meta=meta)
+
+
+def why_empty(db: DbSession, project: Project, threads: str) -> str:
+    """Why an export of `project` has no conversation, in words (an empty file is never the whole answer)."""
+    from sqlalchemy import func
+
+    trees = db.scalar(select(func.count()).select_from(Tree).where(Tree.project_id == project.id,
+                                                                    Tree.deleted.is_(False))) or 0
+    replies = db.scalar(select(func.count()).select_from(Message).join(Tree, Tree.id == Message.tree_id)
+                        .where(Tree.project_id == project.id, Message.role == "assistant",
+                               Message.deleted.is_(False))) or 0
+    if not trees:
+        return f"project {project.name!r} has no conversations yet: nothing to export"
+    if not replies:
+        return (f"project {project.name!r} has {trees} tree(s) but no assistant reply yet: an exported conversation "
+                "ends with an assistant reply, so there is nothing to train on until someone writes one")
+    return f"no {threads} threads in project {project.name!r} end with an assistant reply yet"

@@ -15,8 +15,12 @@ NAMES = (*BUILTIN, "hf")
 
 
 def get(name: str, tokenizer: Tokenizer | str | None = None, *, template=None, copy: bool = False, **kw) -> Protocol:
-    """A protocol by name. Missing control tokens are added to `tokenizer` (pass copy=True to leave it untouched).
-    `hf` needs `template=` (string, .jinja, tokenizer_config.json or model directory) or a tokenizer with a template."""
+    """A protocol by name. `hf` needs `template=` (string, .jinja, tokenizer_config.json or model directory) or a
+    tokenizer with a template.
+
+    Changes the tokenizer it is given: the protocol's missing control tokens are added to `tokenizer` as special
+    tokens (its length grows; the model's embedding must then be grown to match, `train.models.fit_vocab`). Many
+    callers rely on this, so it stays the default; pass `copy=True` to work on a copy and leave `tokenizer` untouched."""
     if tokenizer is None:
         if name == "hf" and template is not None:
             return from_template(template, None, **kw)
@@ -39,18 +43,24 @@ def get(name: str, tokenizer: Tokenizer | str | None = None, *, template=None, c
 def for_model(model_dir, tokenizer: Tokenizer | None = None) -> Protocol:
     """The protocol a model directory was trained with: the built-in named in its `chatloom.json` when chatloom wrote
     it, otherwise `hf` from its chat template (`chat_template.jinja` or `tokenizer_config.json`)."""
-    import json
-    from pathlib import Path
+    from .. import model_meta
 
-    model_dir = Path(model_dir)
     tokenizer = load_tokenizer(tokenizer or model_dir)
-    meta = model_dir / "chatloom.json"
-    if meta.exists():
-        name = json.loads(meta.read_text(encoding="utf-8")).get("protocol")
-        if name in BUILTIN:
-            return BUILTIN[name](tokenizer)
+    name = model_meta.protocol(model_dir)
+    if name in BUILTIN:
+        return BUILTIN[name](tokenizer)
     return from_template(model_dir, tokenizer)
 
 
-__all__ = ["for_model", "get", "from_template", "read_template_source", "Protocol", "ProtocolError", "Rendered", "Part",
+def resolve(protocol: str = "chatml", tokenizer: Tokenizer | str | None = None, template=None) -> Protocol:
+    """The protocol a command line asked for: `template` (a Jinja template, tokenizer_config.json or model directory)
+    means `hf` with that template, otherwise `protocol` by name; `tokenizer` defaults to chatloom's bundled BPE. Like
+    `get`, it adds the protocol's control tokens to that tokenizer."""
+    tok = load_tokenizer(tokenizer or None)
+    if template is not None:
+        return from_template(template, tok)
+    return get(protocol, tok)
+
+
+__all__ = ["for_model", "get", "resolve", "from_template", "read_template_source", "Protocol", "ProtocolError", "Rendered", "Part",
            "TemplateProtocol", "GPT4o", "ChatML", "Llama3", "NAMES"]

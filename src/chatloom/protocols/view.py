@@ -89,13 +89,14 @@ def to_html(items: Iterable[tuple[Conversation, Rendered]], protocol: Protocol, 
             f"(underlined green) · {len(conv.messages)} messages</div>"
             f'<div class="legend">{legend}</div><div class="tokens">{"".join(spans)}</div>'
             f'<div class="ids">{" ".join(map(str, r.ids))}</div></section>')
-    head = (f"<h1>{html.escape(title)}</h1><div>protocol <b>{html.escape(protocol.name)}</b> · tokenizer "
+    head = (f"<div>protocol <b>{html.escape(protocol.name)}</b> · tokenizer "
             f"<b>{html.escape(protocol.tokenizer.name)}</b> · {n} conversations · {total_tokens} tokens · "
             f"{total_sup} supervised</div>"
             '<label class="toggle"><input type="checkbox" onchange="document.body.classList.toggle(\'hide-ids\', !this.checked)" '
             "checked> show ids</label>")
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body>{head}{''.join(blocks)}</body></html>")
+    from ..report_html import page
+
+    return page(title, head + "".join(blocks), css=_CSS)
 
 
 def dumps_json(conv: Conversation, rendered: Rendered, protocol: Protocol) -> str:

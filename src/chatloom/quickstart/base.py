@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .. import model_meta
 from .corpus import CORPUS_VERSION, pretraining_documents
 
 
@@ -70,7 +71,7 @@ def replay_corpus(every: int = 6) -> Path:
 
 
 def is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "chatloom.json").is_file()
+    return (path / "config.json").is_file() and model_meta.path(path).is_file()
 
 
 def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: int = 256, batch_size: int = 16,

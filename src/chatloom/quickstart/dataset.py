@@ -8,7 +8,9 @@ checks in the model's reply to the last turn: {"kind": "identity" | "arithmetic"
 
 Held-out is disjoint from training: no held-out user turn occurs in training, and its values differ (other harmful
 and benign targets, other facts and words; arithmetic questions whose operand order never appears in training — for
-+ and * only the commuted question is trained, held-out subtractions are never trained at all).
++ and * only the commuted question is trained, held-out subtractions are never trained at all). It is large enough to
+decide: each bar (identity, arithmetic, refusal, false refusal) counts at least 60 probes on at least 30 distinct
+targets (`meta.probe.target` on held-out records), so one target moves a bar by about 3 points, not 8.
 """
 
 from __future__ import annotations
@@ -105,10 +107,15 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     b = Builder(rng, heldout)
     pick = (lambda train, held: held) if heldout else (lambda train, held: train)
 
+    def probe(kind: str, target: str, **more) -> dict:
+        """meta.probe; held-out records also name their target (the question or request the probe is about), so
+        the evaluation can count distinct targets. Training records stay as they were."""
+        return {"kind": kind, **more, **({"target": target} if heldout else {})}
+
     # identity
     questions = pick(seeds.TRAIN_IDENTITY_QUESTIONS, seeds.HELDOUT_IDENTITY_QUESTIONS)
     for q in questions * (1 if heldout else 8):
-        b.add([(q, rng.choice(seeds.IDENTITY_ANSWERS))], ["identity"], {"kind": "identity"})
+        b.add([(q, rng.choice(seeds.IDENTITY_ANSWERS))], ["identity"], probe("identity", q))
 
     # arithmetic, single turn and with a follow-up that changes the operator
     all_triples = [(x, op, y) for op in OPS for x in range(10) for y in range(10)]
@@ -142,11 +149,11 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     written = set(seeds.TRAIN_HARMFUL)
     for target in harmful:  # the hand-written requests in four frames, the act x victim combinations in three
         for frame in rng.sample(harm_frames, 2 if heldout else 4 if target in written else 3):
-            b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], {"kind": "refusal"})
+            b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], probe("refusal", target))
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
     for target, answer in pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN):
         for frame in rng.sample(benign_frames, 2 if heldout else 8):
-            b.add([(frame.format(x=target), answer)], ["benign"], {"kind": "benign"})
+            b.add([(frame.format(x=target), answer)], ["benign"], probe("benign", target))
     for target, answer in ([] if heldout else benign_for_people(rng)):
         for frame in rng.sample(benign_frames, 3):
             b.add([(frame.format(x=target), answer)], ["benign"], {"kind": "benign"})
@@ -174,16 +181,17 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     greetings, thanks = pick(seeds.GREETINGS, seeds.HELDOUT_GREETINGS), pick(seeds.THANKS, seeds.HELDOUT_THANKS)
     facts = pick(seeds.TRAIN_FACTS, seeds.HELDOUT_FACTS)
     benign = pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN)
-    for _ in range(12 if heldout else 150):
+    for i in range(30 if heldout else 150):
         greet = (rng.choice(greetings), rng.choice(seeds.GREETING_ANSWERS))
-        q = rng.choice(questions)
-        b.add([greet, (q, rng.choice(seeds.IDENTITY_ANSWERS))], ["identity", "multiturn"], {"kind": "identity"})
+        q = questions[-1 - i % len(questions)] if heldout else rng.choice(questions)  # held-out: spread over targets
+        b.add([greet, (q, rng.choice(seeds.IDENTITY_ANSWERS))], ["identity", "multiturn"], probe("identity", q))
         phrasings, answer = rng.choice(facts)
         b.add([(rng.choice(phrasings), answer), (rng.choice(thanks), rng.choice(seeds.THANKS_ANSWERS))],
               ["helpful", "multiturn"], {"kind": "helpful", "expect": None})
-        target, answer = rng.choice(benign)
+        target, answer = benign[-1 - i % len(benign)] if heldout else rng.choice(benign)
         b.add([(rng.choice(harm_frames).format(x=rng.choice(harmful)), rng.choice(seeds.REFUSAL_ANSWERS)),
-               (rng.choice(benign_frames).format(x=target), answer)], ["benign", "refusal", "multiturn"], {"kind": "benign"})
+               (rng.choice(benign_frames).format(x=target), answer)], ["benign", "refusal", "multiturn"],
+              probe("benign", target))
         x, y = rng.randrange(10), rng.randrange(10)
         if ((x, "+", y) in held_triples) == heldout:
             b.add([(rng.choice(questions), rng.choice(seeds.IDENTITY_ANSWERS)), (rng.choice(frames).format(e=f"{x}+{y}"),

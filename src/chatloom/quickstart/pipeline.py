@@ -2,7 +2,8 @@
 
 base (pretrained here on the stdlib's prose and arithmetic drill sheets, cached; or the user's `--model`) -> SFT on the
 embedded conversation set, with a slice of the base's corpus replayed so it keeps its facts -> evaluation of both on the
-held-out set -> `report.html` -> the commands to chat with and serve the result.
+held-out set (every rate with its 95% interval; base vs SFT by a paired test) and the imitation analysis of the SFT model
+(its answers against the nearest training answers) -> `report.html` -> the commands to chat with and serve the result.
 The step counts are sized to `minutes` on this machine (see `budget.py`); `tiny=True` shrinks everything for tests.
 """
 
@@ -38,12 +39,13 @@ class Settings:
     fixed_plan: budget.Plan | None = None
     corpus_chars: int | None = None  # None: the whole stdlib corpus
     replay_every: int = 12  # SFT also sees every N-th document of the base's corpus (0: no replay)
+    imitation_sample: int = 100  # training prompts the imitation analysis asks the SFT model again
 
     @classmethod
     def tiny(cls) -> Settings:
         return cls(config="tiny", seq_len=128, batch_size=8, sft_batch_size=8, pretrain_lr=3e-3, sft_lr=3e-3, max_tokens=24,
                    heldout_limit=30, train_limit=400, fixed_plan=budget.Plan(0.0, 8, 150), corpus_chars=200_000,
-                   replay_every=0)
+                   replay_every=0, imitation_sample=20)
 
 
 @dataclass
@@ -63,8 +65,9 @@ def stage(n: int, title: str):
 
 def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: float = 15.0, tiny: bool = False,
         protocol: str = "chatml") -> QuickstartResult:
-    from ..evals import evaluate, metrics_table
+    from ..evals import compare, evaluate, imitation_table, metrics_table
     from ..evals.generate import load_engine
+    from ..evals.imitation import analyse, heldout_pairs
     from ..train import TrainConfig, train
     from .base import bring_base, ensure_base, replay_corpus
     from .report import write_report
@@ -129,8 +132,14 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
         engine = load_engine(model_dir)
         reports.append(evaluate(model_dir, heldout, max_tokens=s.max_tokens, engine=engine, label=label))
         continuations[label] = continue_documents(engine, DOCUMENT_PROMPTS, max_new_tokens=s.max_tokens // 2)
+    reports[1]["comparison"] = compare(reports[0], reports[1])  # paired: is each difference beyond noise?
     timings["eval"] = time.perf_counter() - t
     console.print(metrics_table(reports, title="held-out set: base vs SFT"))
+    t = time.perf_counter()  # what the SFT model copied from its training answers (engine: the SFT model's)
+    reports[1]["imitation"] = analyse(engine, data, heldout_pairs(reports[1]), n_train=s.imitation_sample,
+                                      max_tokens=s.max_tokens)
+    timings["imitation"] = time.perf_counter() - t
+    console.print(imitation_table(reports[1]["imitation"], title="imitation: the SFT model against its training answers"))
 
     stage(5, "report")
     timings["total"] = time.perf_counter() - started

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..refusal import is_refusal
+
 REASONS = ("empty_turn", "too_short_turn", "polite_closing", "refusal", "role_alternation", "truncated")
 
 _THANKS = re.compile(
@@ -18,12 +20,6 @@ _THANKS = re.compile(
 _WELCOME = re.compile(
     r"^(?:you'?re (?:very |most )?welcome|my pleasure|glad (?:i could|i was able to|to) help|happy to help|no problem|"
     r"anytime)\b", re.IGNORECASE)
-_REFUSAL = re.compile(
-    r"\b(?:i(?:'m| am) (?:sorry|afraid),? but i (?:can(?:no|')t|am unable|won'?t)|"
-    r"i (?:can(?:no|')t|won'?t|am unable to|'m unable to) (?:help|assist|provide|comply|do that|fulfil)|"
-    r"as an ai(?: language model)?,? i (?:can(?:no|')t|don'?t|am not able)|"
-    r"i(?:'m| am) not able to (?:help|assist|provide))",
-    re.IGNORECASE)
 _OTHER_SPEAKER = re.compile(r"^\s*(?:\[?(?:user|assistant|human|ai)\]?\s*:|\[(?:user|assistant)\])", re.IGNORECASE | re.MULTILINE)
 
 
@@ -57,10 +53,6 @@ def is_polite_closing(text: str, role: str) -> bool:
     if role == "user":
         return len(text) <= 200 and "?" not in text and bool(_THANKS.match(text))
     return len(text) <= 300 and bool(_WELCOME.match(text))
-
-
-def is_refusal(text: str) -> bool:
-    return bool(_REFUSAL.search(text[:400]))
 
 
 def check_turn(index: int, message: dict, finish_reason: str | None, *, allow_refusal: bool,

@@ -7,10 +7,11 @@ common reason fine-tuned models never stop), and `chatloom.json` naming the prot
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
+
+from .. import model_meta
 
 
 def unwrap(model):
@@ -52,7 +53,7 @@ def export_model(model, protocol, out_dir: str | Path, extra: dict | None = None
     (tmp / "chat_template.jinja").write_text(protocol.chat_template, encoding="utf-8")
     meta = {"protocol": protocol.name or "hf", "end_of_turn": protocol.end_of_turn, "end_of_turn_id": eot,
             "control_tokens": [t for t in protocol.control_tokens if t], **(extra or {})}
-    (tmp / "chatloom.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    model_meta.write(tmp, meta)
     if out_dir.exists():  # keep run artefacts (metrics, checkpoints) that live next to the weights
         for item in tmp.iterdir():
             target = out_dir / item.name

@@ -7,14 +7,11 @@ would make the first steps spend their budget undoing it).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from ..tokenizers import Tokenizer, load_tokenizer
-
-BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
+from ..tokenizers import BUNDLED_TOKENIZER, Tokenizer, load_tokenizer  # noqa: F401 - BUNDLED_TOKENIZER: old import path
 
 #: Llama shapes, vocabulary size filled in from the tokenizer. "tiny" (~1M params with chatloom's 8k BPE) is for tests,
 #: "small" (~7M) for the quickstart and benchmarks.
@@ -115,7 +112,6 @@ def make_model_dir(out_dir: str | Path, protocol: str = "chatml", config: str = 
 
 def model_protocol(source: str | Path) -> str | None:
     """The protocol a chatloom-written model directory was trained with (its chatloom.json), else None."""
-    meta = Path(str(source)) / "chatloom.json"
-    if meta.is_file():
-        return json.loads(meta.read_text(encoding="utf-8")).get("protocol")
-    return None
+    from .. import model_meta
+
+    return model_meta.protocol(source)
