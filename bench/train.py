@@ -131,6 +131,10 @@ def long_rows_child(length: int, attention: str, a) -> dict:
                           batch_size=max(1, a.tokens // length), max_steps=a.steps, lr=1e-3, warmup_steps=0,
                           precision=a.precision, progress=False, seed=0))
     run.loss_module.dense = attention == "dense"
+    if attention == "buckets":  # per-document buckets at every row length (no short-row mask)
+        from chatloom.train import attention as attention_module
+
+        attention_module.DENSE_UP_TO = 0
     sup, losses, warm = 0, [], None
     for step in range(a.steps):
         if step == 2:
@@ -182,7 +186,8 @@ def main(argv=None):
     p.add_argument("--long-rows", action="store_true", help="rows of --lengths tokens, dense mask vs per-document "
                    "attention, the same tokens per step (tiny model)")
     p.add_argument("--lengths", default="1024,16384")
-    p.add_argument("--attention", default="dense,documents")
+    p.add_argument("--attention", default="dense,documents", help="dense (the old (B, 1, L, L) mask), documents "
+                   "(the default path), buckets (per-document buckets also for short rows)")
     p.add_argument("--tokens", type=int, default=16384, help="--long-rows: tokens per optimizer step")
     p.add_argument("--long-rows-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--convs", type=int, default=3200)
