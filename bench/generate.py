@@ -1,15 +1,21 @@
 """Decoding speed: chatloom's engine versus transformers `generate()` on the same model and prompts (greedy).
 
 Contenders: `chatloom` (the engine's lean Llama decoder), `chatloom_transformers_forward` (the engine's loop over the
-transformers forward, the path for non-Llama models), `chatloom_int8` (--int8: dynamic int8 weights) and
-`transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
+transformers forward, the path for non-Llama models), with --int8 `chatloom_int8` (dynamic int8 Linears through the
+transformers forward) and `chatloom_int8_lean` (per-channel int8 inside the lean decoder, what `--quantize int8` uses for
+Llama-family models), and `transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
 built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
 numbers are new tokens per second of the same work: per wall-clock second (`*_tok_s`, `ratio_*`) and per second of
 this process's CPU time (`*_tok_per_cpu_s`, `cpu_ratio_*`), which is far steadier when other jobs share the CPU
-(use --threads 1 there; two OpenMP threads on a busy CPU wait for each other). Optionally (--server) it also measures an OpenAI-compatible
-`chatloom serve` with 8 concurrent clients. Timings on a shared CPU are noisy: read the ratios, measured in the same run.
+(use --threads 1 there; two OpenMP threads on a busy CPU wait for each other). Optionally (--server) it also measures
+`chatloom serve` over loopback: 16 streaming clients arriving 100 ms apart, time to first token p50/p95 and completed
+tokens/s, with continuous batching and batch at a time (the scheduler before it), alternating in the same run.
+Batch-1 decoding is bound by memory bandwidth, so the bench also measures the read bandwidth (a 1 GB buffer) and, per
+path, the limit = bandwidth / weight bytes read per token and the fraction of it reached (`*_fraction_of_limit`).
+Timings on a shared CPU are noisy: read the ratios, measured in the same run.
 
-    python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--server] [--threads N]
+    python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--threads N]
+                             [--server [--server-only] [--clients 16] [--arrival 0.1] [--max-batch 8]]
                              [--gguf SmolLM2-135M-Instruct.Q4_1.gguf | --model-dir DIR]
 """
 
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -72,8 +77,8 @@ def model_dir_from_gguf(gguf: Path, cache: Path) -> Path:
     return out
 
 
-def no_stop_engine(model, proto, fast: bool = True) -> Engine:
-    engine = Engine(model, proto, fast=fast)
+def no_stop_engine(model, proto, fast: bool = True, quantize: str | None = None) -> Engine:
+    engine = Engine(model, proto, fast=fast, quantize=quantize)
     engine.stop_ids = set()  # generate exactly max_tokens, like generate(min_new_tokens=...)
     return engine
 
@@ -101,17 +106,59 @@ def time_hf(model, proto, convs, new: int) -> float:
     return len(convs) * new / elapsed, len(convs) * new / cpu
 
 
+def read_bandwidth(gigabytes: float = 1.0, repeats: int = 5) -> float:
+    """The memory read bandwidth this process gets, in GB/s: the fastest of `repeats` sums over a buffer of
+    `gigabytes` (far larger than any cache), with the current torch threads."""
+    buffer = torch.ones(int(gigabytes * 2**30) // 4, dtype=torch.float32)
+    buffer.sum()  # pages touched before timing
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - start)
+    return buffer.numel() * 4 / best / 1e9
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights one batch-1 decoding step must read: every matrix, bias and norm once (a tied output head reads
+    the whole embedding matrix), plus one row of the input embedding. Dynamic int8 Linears count one byte a weight."""
+    seen, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            continue
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and callable(getattr(module, "weight", None)):  # torch.ao dynamic quantized Linear
+            weight, bias = module.weight(), module.bias()
+            total += weight.numel() * weight.element_size() + (bias.numel() * bias.element_size() if bias is not None else 0)
+            continue
+        for param in module.parameters(recurse=False):
+            if id(param) not in seen:
+                seen.add(id(param))
+                total += param.numel() * param.element_size()
+    embed = model.get_input_embeddings().weight
+    return total + embed.shape[1] * embed.element_size()
+
+
 def bench_models(args) -> dict:
     results = {}
+    bandwidth = read_bandwidth() if args.bandwidth else None
+    if bandwidth:
+        results["read_bandwidth_GB_s"] = round(bandwidth, 2)
+        print(json.dumps({"read_bandwidth_GB_s": results["read_bandwidth_GB_s"]}), flush=True)
     for dtype_name in args.dtype:
         model, proto = build(getattr(torch, dtype_name), args.model_dir)
         contenders = {"chatloom": lambda convs, e=no_stop_engine(model, proto): time_engine(e, convs, args.new),
                       "chatloom_transformers_forward": lambda convs, e=no_stop_engine(model, proto, fast=False):
                           time_engine(e, convs, args.new),
                       "transformers_generate": lambda convs, m=model, p=proto: time_hf(m, p, convs, args.new)}
+        weight_bytes = {name: weight_bytes_per_token(model) for name in contenders}
         if dtype_name == "float32" and args.int8:
             quantized = no_stop_engine(quantize_weights(model), proto)
             contenders["chatloom_int8"] = lambda convs, e=quantized: time_engine(e, convs, args.new)
+            weight_bytes["chatloom_int8"] = weight_bytes_per_token(quantized.model)
+            lean = no_stop_engine(model, proto, quantize="int8")  # per-channel int8 inside the lean decoder
+            contenders["chatloom_int8_lean"] = lambda convs, e=lean: time_engine(e, convs, args.new)
+            weight_bytes["chatloom_int8_lean"] = weight_bytes["chatloom_int8"]  # the same matrices, one byte each
         for batch in args.batch:
             convs = [Conversation.of(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
             for fn in contenders.values():
@@ -126,55 +173,96 @@ def bench_models(args) -> dict:
                 if name != "transformers_generate":
                     row[f"ratio_{name}"] = round(row[f"{name}_tok_s"] / row["transformers_generate_tok_s"], 2)
                     row[f"cpu_ratio_{name}"] = round(row[f"{name}_tok_per_cpu_s"] / row["transformers_generate_tok_per_cpu_s"], 2)
+            if bandwidth and batch == 1:  # the ceiling: every weight byte read once per token at the measured bandwidth
+                for name in contenders:
+                    limit = bandwidth * 1e9 / weight_bytes[name]
+                    row[f"{name}_weight_MB_per_token"] = round(weight_bytes[name] / 1e6, 1)
+                    row[f"{name}_bandwidth_limit_tok_s"] = round(limit, 2)
+                    row[f"{name}_fraction_of_limit"] = round(row[f"{name}_tok_s"] / limit, 3)
             results[f"{dtype_name}/batch{batch}"] = row
             print(json.dumps({f"{dtype_name}/batch{batch}": row}), flush=True)
     return results
 
 
 def bench_server(args) -> dict:
-    """8 concurrent OpenAI clients against a real uvicorn server on loopback."""
-    import uvicorn
-    from openai import OpenAI
+    """`--clients` streaming clients arriving `--arrival` seconds apart against a real uvicorn server on loopback, each
+    asking for exactly `--new` tokens: time to first token (p50/p95, from each client's own start) and completed tokens
+    per second (all tokens / first start to last finish). Measured twice on the same server and model, alternating:
+    with continuous batching (new requests join the running batch at the next step) and batch at a time (the scheduler
+    before continuous batching: a request arriving mid-batch waits for the whole batch)."""
+    import httpx
 
     from chatloom.serve.app import create_app
 
     dtype = getattr(torch, args.dtype[-1])
     model, proto = build(dtype, args.model_dir)
     engine = no_stop_engine(model, proto)
-    with tempfile.TemporaryDirectory():
-        app = create_app(engine, model_name="bench")
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
-        tokens, latencies = [], []
+    app = create_app(engine, model_name="bench", max_batch=args.max_batch)
+    scheduler = app.state.scheduler
+    server, thread = start_server(app)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
 
-        def one(i):
-            t = time.perf_counter()
-            r = client.chat.completions.create(model="bench", messages=[{"role": "user", "content": PROMPTS[i % 8]}],
-                                               max_tokens=args.new, temperature=0)
-            latencies.append(time.perf_counter() - t)
-            tokens.append(r.usage.completion_tokens)
+    def one(i: int, start: float, out: list) -> None:
+        time.sleep(max(0.0, start + i * args.arrival - time.perf_counter()))
+        began, first, tokens = time.perf_counter(), None, 0
+        body = {"model": "bench", "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                "max_tokens": args.new, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", url, json=body, timeout=1200) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if first is None and any(c["delta"].get("content") for c in chunk.get("choices", [])):
+                    first = time.perf_counter()
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        out.append({"ttft": (first or time.perf_counter()) - began, "began": began, "ended": time.perf_counter(),
+                    "tokens": tokens})
 
-        one(0)
-        tokens.clear()
-        latencies.clear()
-        start = time.perf_counter()
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(args.clients)]
+    def wave() -> dict:
+        out: list = []
+        start = time.perf_counter() + 0.2
+        threads = [threading.Thread(target=one, args=(i, start, out)) for i in range(args.clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        elapsed = time.perf_counter() - start
+        ttft = sorted(o["ttft"] for o in out)
+        elapsed = max(o["ended"] for o in out) - min(o["began"] for o in out)
+        assert all(o["tokens"] == args.new for o in out), [o["tokens"] for o in out]
+        return {"ttft_p50_s": statistics.median(ttft), "ttft_p95_s": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
+                "completed_tok_s": sum(o["tokens"] for o in out) / elapsed, "seconds": elapsed}
+
+    modes = {"continuous": (True, 0.0), "batch_at_a_time": (False, 0.02)}  # (continuous, gather_seconds)
+    try:
+        scheduler.continuous = True
+        one(0, time.perf_counter(), [])  # warm up
+        runs = {name: [] for name in modes}
+        for _ in range(args.server_repeats):  # alternating, so both see the same load on a shared CPU
+            for name, (continuous, gather) in modes.items():
+                scheduler.continuous, scheduler.gather_seconds = continuous, gather
+                runs[name].append(wave())
+    finally:
         server.should_exit = True
         thread.join(timeout=10)
-    return {f"server/{args.clients}_clients/{args.dtype[-1]}": {"completed_tok_s": round(sum(tokens) / elapsed, 2),
-                                                               "requests": len(tokens),
-                                                               "median_latency_s": round(statistics.median(latencies), 2)}}
+    key = f"server/{args.clients}_clients_{int(args.arrival * 1000)}ms_apart/{args.dtype[-1]}/max_batch{args.max_batch}"
+    results = {}
+    for name, rows in runs.items():
+        results[f"{key}/{name}"] = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
+    return results
+
+
+def start_server(app):
+    """Start uvicorn on a free loopback port in a thread; returns (server, thread)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, thread
 
 
 def main():
@@ -184,8 +272,14 @@ def main():
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
     parser.add_argument("--int8", action="store_true", help="also chatloom with dynamic int8 weights (vs transformers fp32)")
+    parser.add_argument("--no-bandwidth", dest="bandwidth", action="store_false",
+                        help="skip measuring read bandwidth (a 1 GB buffer) and each path's fraction of the limit")
     parser.add_argument("--server", action="store_true")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=16, help="--server: streaming clients")
+    parser.add_argument("--arrival", type=float, default=0.1, help="--server: seconds between client arrivals")
+    parser.add_argument("--max-batch", type=int, default=8, help="--server: rows decoded together")
+    parser.add_argument("--server-repeats", type=int, default=1, help="--server: alternating repeats per mode")
+    parser.add_argument("--server-only", action="store_true", help="skip the engine contenders")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--gguf", type=Path, default=None, help="measure this GGUF model (converted once to --cache)")
@@ -198,7 +292,8 @@ def main():
         args.model_dir = model_dir_from_gguf(args.gguf, args.cache)
     name = str(args.model_dir) if args.model_dir else "SmolLM2-135M shape, random weights"
     results = {"model": name, "new_tokens": args.new, "torch_threads": torch.get_num_threads()}
-    results.update(bench_models(args))
+    if not args.server_only:
+        results.update(bench_models(args))
     if args.server:
         results.update(bench_server(args))
     text = json.dumps(results, indent=2)

@@ -1,8 +1,9 @@
 """The engine: sample an assistant turn from any causal LM, starting at `protocol.prompt(conv)`, until the end-of-turn token.
 
-One decode loop serves everything (batch 1 streaming, batched `generate`, the server's batches): the prompt is prefilled
-once into a KV cache, then one token per row per step is fed back. Rows of a batch are left-padded, carry their own
-sampling parameters and random generator, and leave the batch (their cache rows are dropped) as soon as they stop.
+One decode loop serves everything (batch 1 streaming, batched `generate`, the server's continuous batching): a `Batch`
+prefills prompts into a KV cache, then feeds back one token per row per step. Rows are left-padded, carry their own
+sampling parameters, random generator and position ids, join a running batch between steps and leave it (their cache
+rows are dropped) as soon as they stop; a row that fails ends alone.
 Text comes out as deltas of an incremental UTF-8 decoder over token *bytes*, so a delta never holds half a character,
 and text that could still become a stop string is held back until it cannot.
 """
@@ -10,6 +11,7 @@ and text that could still become a stop string is held back until it cannot.
 from __future__ import annotations
 
 import codecs
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,6 +53,11 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -117,18 +124,21 @@ class TextStream:
 
 @dataclass
 class Request:
-    """One row of a batch: its prompt, parameters, and where its text goes (`on_delta(text)` and `on_finish(completion)`,
-    called from the decoding thread). Setting `cancelled` ends the row at the next step (finish_reason "length")."""
+    """One row of a batch: its prompt, parameters, and where its text goes (`on_delta(text)`, `on_finish(completion)`
+    or, if this row fails, `on_error(message)`; all called from the decoding thread). Setting `cancelled` ends the row
+    at the next step (finish_reason "length")."""
 
     prompt_ids: list[int]
     params: SamplingParams
     on_delta: Callable[[str], None] | None = None
     on_finish: Callable[[Completion], None] | None = None
     dropped_messages: int = 0
-    max_new: int = 0  # max_tokens after fitting the context window
+    max_new: int = 0  # 0: params.max_tokens; the batch clamps it to the context window when the row is admitted
     cancelled: bool = False
+    on_error: Callable[[str], None] | None = None
     ids: list[int] = field(default_factory=list)
     completion: Completion | None = None
+    error: BaseException | None = None  # why this row failed (its batch-mates are unaffected)
 
 
 class Engine:
@@ -140,11 +150,16 @@ class Engine:
     the same outputs, but its parameters are no longer separate tensors: to keep training or saving a model as it was,
     give the engine a copy (`copy.deepcopy(model)`) or pass `fast=False`."""
 
-    def __init__(self, model, protocol: Protocol, max_context: int | None = None, fast: bool = True):
+    def __init__(self, model, protocol: Protocol, max_context: int | None = None, fast: bool = True,
+                 quantize: str | None = None):
         from .engine_llama import LlamaDecoder
 
+        if quantize not in (None, "int8"):
+            raise ValueError(f"unknown quantization {quantize!r}; supported: int8")
+        if quantize and not (fast and LlamaDecoder.supports(model)):
+            raise ValueError("quantize= needs the lean Llama decoder; for other models use quantize_weights(model)")
         self.model = model.eval()
-        self.decoder = LlamaDecoder(model) if fast and LlamaDecoder.supports(model) else None
+        self.decoder = LlamaDecoder(model, int8=quantize == "int8") if fast and LlamaDecoder.supports(model) else None
         self.protocol = protocol
         self.tokenizer = protocol.tokenizer
         config = getattr(model, "config", None)
@@ -162,7 +177,8 @@ class Engine:
                         quantize: str | None = None, fast: bool = True) -> Engine:
         """Load a model directory (HF format). `protocol`: a Protocol, a name, or None for `protocols.for_model(dir)`;
         `dtype`: e.g. "bfloat16" (about 1.7x faster decoding on AVX-512 bf16 CPUs); `quantize="int8"`: dynamic int8
-        weights for the linear layers (CPU; a quarter of the fp32 weight bytes per token, small accuracy loss)."""
+        weights for the linear layers (CPU; a quarter of the fp32 weight bytes per token, small accuracy loss), inside
+        the lean decoder for Llama-family models (per-channel scales), through the transformers forward otherwise."""
         from transformers import AutoModelForCausalLM
 
         from . import model_meta, protocols
@@ -182,9 +198,15 @@ class Engine:
             from .train.models import fit_vocab  # the one place vocabularies grow (new rows = mean of the old ones)
 
             fit_vocab(model, len(protocol.tokenizer))
+        lean_int8 = False
         if quantize:
-            model = quantize_weights(model, quantize)
-        engine = cls(model, protocol, max_context=max_context, fast=fast)
+            from .engine_llama import LlamaDecoder
+
+            if fast and quantize == "int8" and LlamaDecoder.supports(model):
+                model, lean_int8 = model.float(), True  # int8 matrices inside the lean decoder
+            else:
+                model = quantize_weights(model, quantize)  # int8 Linears through the transformers forward
+        engine = cls(model, protocol, max_context=max_context, fast=fast, quantize="int8" if lean_int8 else None)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         special = set(protocol.tokenizer.special_tokens.values())  # a default config's eos=2 may be an ordinary token
         engine.stop_ids |= {i for i in ([eos] if isinstance(eos, int) else eos or []) if i in special}
@@ -221,11 +243,12 @@ class Engine:
             yield "".join(out)
         self.last_completion = request.completion
 
-    def request(self, conv: Conversation, params: SamplingParams, on_delta=None, on_finish=None) -> Request:
-        """A Request for `conv`, fitted to the context window (raises ContextWindowError if it cannot fit)."""
-        prompt, dropped = self.fit_prompt(conv, params.max_tokens)
-        return Request(prompt, params, on_delta, on_finish, dropped,
-                       max_new=min(params.max_tokens, self.max_context - len(prompt)))
+    def request(self, conv: Conversation, params: SamplingParams, on_delta=None, on_finish=None, *, on_error=None,
+                fitted: tuple[list[int], int] | None = None) -> Request:
+        """A Request for `conv`, fitted to the context window (raises ContextWindowError if it cannot fit); `fitted`:
+        a `fit_prompt` result to reuse (several requests for one conversation)."""
+        prompt, dropped = fitted or self.fit_prompt(conv, params.max_tokens)
+        return Request(list(prompt), params, on_delta, on_finish, dropped, on_error=on_error)
 
     def fit_prompt(self, conv: Conversation, max_tokens: int) -> tuple[list[int], int]:
         """Prompt ids leaving room for the reply: drop the oldest turns (never the system message, never the last
@@ -251,56 +274,35 @@ class Engine:
                                  f"message; the context window is {self.max_context} tokens")
 
     # ------------------------------------------------------------------------------------------------ the loop
-    @torch.inference_mode()
+    def batch(self) -> Batch:
+        """An empty running batch: rows join it (`add`) and leave it as they finish (`step`); see `Batch`."""
+        return Batch(self)
+
     def run(self, requests: Sequence[Request]) -> Iterator[int]:
-        """Decode all requests as one batch; yields the number of active rows after each step. Sets `.completion`."""
-        with self.lock:
-            yield from self._run(list(requests))
+        """Decode all requests as one batch; yields the number of active rows after each step. Sets `.completion`.
+        A request that fails (its own parameters, callbacks or prompt) ends alone with `.error` set; its batch-mates
+        finish normally. Afterwards the first such error is raised unless every failed request has an `on_error`."""
+        batch = Batch(self)
+        batch.add(requests)
+        while batch.rows:
+            batch.pick()
+            yield len(batch.rows)  # before the next forward, so a stream hands out its text at once
+            batch.feed()
+        errors = [r.error for r in requests if r.error is not None and r.on_error is None]
+        if errors:
+            raise errors[0]
 
-    def _run(self, requests: list[Request]) -> Iterator[int]:
-        device = self.model.device
-        rows = [_Row(r, self.tokenizer) for r in requests]
-        width = max(len(r.prompt_ids) for r in requests)
-        padded = len({len(r.prompt_ids) for r in requests}) > 1
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            input_ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids):] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    def _backend(self, batch: int, capacity: int):
         if self.decoder is not None:
-            backend = _LlamaBackend(self.decoder, len(rows), width + max(row.max_new for row in rows))
-        else:
-            backend = _HFBackend(self.model)
-        logits = backend.forward(input_ids, mask if padded else None, positions if padded else None)
-        active = list(range(len(rows)))
-        vocab = len(self.tokenizer)
-        positions = mask.sum(-1, keepdim=True)  # next position of each row
-        while True:
-            tokens = self._sample(logits[:, :vocab].float(), [rows[i] for i in active])  # padded vocab rows never win
-            keep = [k for k, i in enumerate(active) if not rows[i].push(tokens[k], self.stop_ids)]
-            yield len(keep)
-            if not keep:
-                return
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=device)
-                backend.select(index)
-                tokens = [tokens[k] for k in keep]
-                mask, positions = mask[index], positions[index]
-                active = [active[k] for k in keep]
-            tokens_t = torch.tensor(tokens, device=device)[:, None]
-            if padded:
-                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-                logits = backend.forward(tokens_t, mask, positions)
-                positions = positions + 1
-            else:
-                logits = backend.forward(tokens_t, None, None)
+            return _LlamaBackend(self.decoder, self._rope_tables(), batch, capacity)
+        return _HFBackend(self.model)
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        if all(r.plain_greedy for r in rows):
-            return logits.argmax(-1).tolist()
-        return [r.sample(logits[k]) for k, r in enumerate(rows)]
+    def _rope_tables(self):
+        if self._rope is None or self._rope[0].shape[0] < self.max_context:
+            self._rope = self.decoder.rope_tables(self.max_context)
+        return self._rope
+
+    _rope = None
 
     def greedy_reference(self, conv: Conversation, max_tokens: int) -> list[int]:
         """Greedy decoding without a KV cache (the whole sequence every step): slow, for tests."""
@@ -316,6 +318,211 @@ class Engine:
         return out
 
 
+TRIM_COLUMNS = 64  # drop the cache's leading columns once this many hold no row's tokens (rows that left)
+
+
+class Batch:
+    """Rows decoding together on one KV cache, with continuous batching.
+
+    `add(requests)` prefills the new rows' prompts (left-padded among themselves) in one forward and merges their cache
+    into the running batch (left-padding whichever side is shorter), so they decode with the others from the next step.
+    `step()` samples one token for every row, lets finished rows leave at once (their cache rows are dropped) and runs
+    one forward for the rest. Every row carries its own position ids and attention-mask row, so a row that joined late
+    decodes exactly as it would alone.
+
+    Failures are contained: a row whose parameters, callbacks or prompt fail ends alone (its request gets `.error` and
+    `on_error`); a failed prefill is retried row by row so only the culprit fails; a failure of the shared decoding
+    forward ends every row, with that error. `add` and `step` never raise for a request's sake.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.rows: list[_Row] = []
+        self.backend = None
+        self.mask: torch.Tensor | None = None  # (B, W): 1 where a cache column holds one of the row's tokens
+        self.positions: torch.Tensor | None = None  # (B, 1): the position of each row's next token
+        self.logits: torch.Tensor | None = None  # (B, vocab): each row's next-token logits
+        self.plain = True  # no padding and positions equal columns: the forward needs neither mask nor positions
+        self.pending: list[int] | None = None  # tokens picked but not yet fed (between `pick` and `feed`)
+
+    @property
+    def can_join(self) -> bool:
+        """Whether new rows can join now (always for the lean decoder; for transformers caches of plain layers)."""
+        return not self.rows or getattr(self.backend, "mergeable", False)
+
+    # ---------------------------------------------------------------------------------------------- rows join
+    @torch.inference_mode()
+    def add(self, requests: Sequence[Request]) -> None:
+        """Prefill these requests and take them into the batch (they are sampled at the next `step`)."""
+        self.feed()
+        rows = []
+        for request in requests:
+            try:
+                rows.append(_Row(request, self.engine))
+            except Exception as e:
+                _fail(request, e)
+        if rows and not self.can_join:
+            for row in rows:
+                row.fail(RuntimeError("this model's cache cannot take rows into a running batch"))
+            return
+        if rows:
+            self._join(rows)
+
+    def _join(self, rows: list[_Row]) -> None:
+        try:
+            with self.engine.lock:
+                backend, mask, positions, logits, plain = self._prefill(rows)
+                if self.rows:
+                    self._merge(backend, mask, positions, logits, rows)
+                else:
+                    self.backend, self.mask, self.positions, self.logits, self.plain = backend, mask, positions, logits, plain
+        except Exception as e:
+            if len(rows) == 1:
+                rows[0].fail(e)
+            else:  # find the culprit: each row on its own
+                for row in rows:
+                    self._join([row])
+            return
+        self.rows.extend(rows)
+
+    def _prefill(self, rows: list[_Row]):
+        engine = self.engine
+        device = engine.model.device
+        prompts = [row.request.prompt_ids for row in rows]
+        width = max(map(len, prompts))
+        padded = len(set(map(len, prompts))) > 1
+        input_ids = torch.full((len(rows), width), engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(prompts):
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            mask[i, width - len(ids):] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        room = 0 if self.rows else max(row.max_new for row in rows)  # a group that joins is copied into a new cache
+        backend = engine._backend(len(rows), width + room)
+        logits = backend.forward(input_ids, mask if padded else None, positions if padded else None)
+        return backend, mask, mask.sum(-1, keepdim=True), logits, not padded
+
+    def _merge(self, backend, mask, positions, logits, rows: list[_Row]) -> None:
+        """Take a prefilled group into the running batch; nothing changes if this raises."""
+        width = max(self.mask.shape[1], mask.shape[1])
+        pad_self, pad_new = width - self.mask.shape[1], width - mask.shape[1]
+        capacity = width + max(row.max_new - len(row.request.ids) for row in self.rows + rows)
+        merged = self.backend.merged(backend, pad_self, pad_new, capacity)
+        new_mask = torch.cat([torch.nn.functional.pad(self.mask, (pad_self, 0)), torch.nn.functional.pad(mask, (pad_new, 0))])
+        new_positions = torch.cat([self.positions, positions])
+        new_logits = torch.cat([self.logits, logits.to(self.logits.dtype)])
+        self.backend, self.mask, self.positions, self.logits = merged, new_mask, new_positions, new_logits
+        self.plain = bool(new_mask.all()) and bool((new_positions == width).all())
+
+    # ---------------------------------------------------------------------------------------------- one step
+    def step(self) -> list[Request]:
+        """Sample one token for every row, retire finished rows, and run the forward for the others. Returns the
+        requests that ended in this step (finished, cancelled or failed)."""
+        ended = self.pick()
+        return ended + self.feed()
+
+    @torch.inference_mode()
+    def pick(self) -> list[Request]:
+        """The first half of a step: sample and hand out one token per row; finished rows leave at once. Returns the
+        requests that ended. `feed()` then runs the forward (streaming callers hand out text between the two)."""
+        ended = self.feed()  # a pick without its feed: finish that step first
+        if not self.rows:
+            return ended
+        engine = self.engine
+        tokens = self._sample(self.logits[:, :len(engine.tokenizer)].float())  # padded vocab rows never win
+        keep = []
+        for k, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
+            done = True
+            if token is not None:
+                try:
+                    done = row.push(token, engine.stop_ids)
+                except Exception as e:  # e.g. its client's callback failed: this row only
+                    row.fail(e)
+            if done:
+                ended.append(row.request)
+            else:
+                keep.append(k)
+        try:
+            if len(keep) < len(self.rows):
+                with engine.lock:
+                    self._retire(keep)
+            self.pending = [tokens[k] for k in keep] if self.rows else None
+        except Exception as e:
+            ended += self._fail_all(e)
+        return ended
+
+    @torch.inference_mode()
+    def feed(self) -> list[Request]:
+        """The second half of a step: one forward for the tokens `pick()` chose. If the shared forward fails, every
+        row ends with the error (returned)."""
+        if self.pending is None:
+            return []
+        tokens, self.pending = self.pending, None
+        try:
+            with self.engine.lock:
+                self._forward(tokens)
+        except Exception as e:
+            return self._fail_all(e)
+        return []
+
+    def _fail_all(self, error: BaseException) -> list[Request]:
+        ended = [row.request for row in self.rows]
+        for row in self.rows:
+            row.fail(error)
+        self._clear()
+        return ended
+
+    def _sample(self, logits: torch.Tensor) -> list[int | None]:
+        if all(row.plain_greedy for row in self.rows):
+            return logits.argmax(-1).tolist()
+        tokens: list[int | None] = []
+        for k, row in enumerate(self.rows):
+            try:
+                tokens.append(row.sample(logits[k]))
+            except Exception as e:  # e.g. non-finite probabilities: this row only
+                row.fail(e)
+                tokens.append(None)
+        return tokens
+
+    def _retire(self, keep: list[int]) -> None:
+        self.rows = [self.rows[k] for k in keep]
+        if not self.rows:
+            self._clear()
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.backend.select(index)
+        self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
+        dead = int(self.mask.any(0).int().argmax())  # leading columns that no remaining row uses
+        if dead >= TRIM_COLUMNS:
+            self.backend.trim(dead)
+            self.mask = self.mask[:, dead:]
+        self.plain = bool(self.mask.all()) and bool((self.positions == self.mask.shape[1]).all())
+
+    def _forward(self, tokens: list[int]) -> None:
+        tokens_t = torch.tensor(tokens, device=self.mask.device)[:, None]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(tokens), 1))], dim=1)
+        if self.plain:
+            self.logits = self.backend.forward(tokens_t, None, None)
+        else:
+            self.logits = self.backend.forward(tokens_t, self.mask, self.positions)
+        self.positions = self.positions + 1
+
+    def _clear(self) -> None:
+        self.rows, self.backend, self.mask, self.positions, self.logits, self.plain = [], None, None, None, None, True
+        self.pending = None
+
+
+def _fail(request: Request, error: BaseException) -> None:
+    """End a request with an error: set `.error` and tell its owner (whose own failure is ignored: it is gone)."""
+    request.error = error
+    if request.on_error is not None:
+        try:
+            request.on_error(f"{type(error).__name__}: {error}")
+        except Exception:
+            pass
+
+
 class _HFBackend:
     """Decoding through the transformers forward with a DynamicCache (any causal LM)."""
 
@@ -325,6 +532,12 @@ class _HFBackend:
         self.model = model
         self.cache = DynamicCache(config=model.config)
 
+    @property
+    def mergeable(self) -> bool:
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer and layer.is_initialized for layer in self.cache.layers)
+
     def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
@@ -333,19 +546,49 @@ class _HFBackend:
     def select(self, index: torch.Tensor) -> None:
         self.cache.batch_select_indices(index)
 
+    def trim(self, columns: int) -> None:
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, columns:], layer.values[:, :, columns:]
+
+    def merged(self, other: _HFBackend, pad_self: int, pad_other: int, capacity: int) -> _HFBackend:
+        """A backend holding this cache's rows then `other`'s, each left-padded with zero columns to one width."""
+        from torch.nn.functional import pad
+
+        out = _HFBackend.__new__(_HFBackend)
+        out.model = self.model
+        out.cache = type(self.cache)(config=self.model.config)
+        pairs = []
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            pairs.append((torch.cat([pad(mine.keys, (0, 0, pad_self, 0)), pad(theirs.keys, (0, 0, pad_other, 0))]),
+                          torch.cat([pad(mine.values, (0, 0, pad_self, 0)), pad(theirs.values, (0, 0, pad_other, 0))])))
+        for layer, (keys, values) in zip(out.cache.layers, pairs, strict=True):
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+        return out
+
 
 class _LlamaBackend:
-    """Decoding through LlamaDecoder with a preallocated cache of `length` columns."""
+    """Decoding through LlamaDecoder with a preallocated cache: a buffer of `capacity` columns of which the window
+    [lo, hi) is in use (rows that leave can free leading columns by moving `lo`)."""
 
-    def __init__(self, decoder, batch: int, length: int):
+    mergeable = True
+
+    def __init__(self, decoder, tables, batch: int, capacity: int):
         self.decoder = decoder
-        self.cache = decoder.new_cache(batch, length)
-        self.tables = decoder.rope_tables(length)
-        self.filled = 0
+        self.tables = tables
+        self.buffers = decoder.new_cache(batch, capacity)
+        self.views = self.buffers
+        self.lo = self.hi = 0
+
+    @property
+    def room(self) -> int:
+        return self.buffers[0][0].shape[2] - self.hi
 
     def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         b, t = input_ids.shape
-        start = self.filled
+        if t > self.room:  # never needed when capacities are computed right; kept so a miscount cannot corrupt
+            self._rebuffer(self.hi - self.lo + t)
+        start = self.hi - self.lo
         if position_ids is None:
             position_ids = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
         mask = None
@@ -353,31 +596,75 @@ class _LlamaBackend:
             keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, start + t)
             if t > 1:  # prefill: causal and not padding; a padding query sees itself so no row is all -inf
                 causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
-                mask = (keys & causal) | torch.eye(t, dtype=torch.bool, device=input_ids.device)
+                causal = torch.cat([causal.new_ones((t, start)), causal], dim=1)
+                eye = torch.cat([causal.new_zeros((t, start)), torch.eye(t, dtype=torch.bool, device=input_ids.device)], 1)
+                mask = (keys & causal) | eye
             else:
                 mask = keys
-        logits = self.decoder.forward(input_ids, position_ids, self.cache, start, mask, self.tables)
-        self.filled += t
+        logits = self.decoder.forward(input_ids, position_ids, self.views, start, mask, self.tables)
+        self.hi += t
         return logits
 
     def select(self, index: torch.Tensor) -> None:
-        self.cache = [(k[index], v[index]) for k, v in self.cache]
+        self.buffers = [(k[index], v[index]) for k, v in self.buffers]
+        self._view()
+
+    def trim(self, columns: int) -> None:
+        self.lo += columns
+        self._view()
+
+    def _view(self) -> None:
+        self.views = self.buffers if self.lo == 0 else [(k[:, :, self.lo:], v[:, :, self.lo:]) for k, v in self.buffers]
+
+    def _rebuffer(self, capacity: int) -> None:
+        width = self.hi - self.lo
+        new = self.decoder.new_cache(self.buffers[0][0].shape[0], capacity)
+        for (k, v), (nk, nv) in zip(self.buffers, new, strict=True):
+            nk[:, :, :width], nv[:, :, :width] = k[:, :, self.lo:self.hi], v[:, :, self.lo:self.hi]
+        self.buffers, self.lo, self.hi = new, 0, width
+        self._view()
+
+    def merged(self, other: _LlamaBackend, pad_self: int, pad_other: int, capacity: int) -> _LlamaBackend:
+        """A backend holding this cache's rows then `other`'s, each left-padded with zero columns to one width."""
+        width = self.hi - self.lo + pad_self
+        mine, theirs = self.buffers[0][0].shape[0], other.buffers[0][0].shape[0]
+        out = _LlamaBackend.__new__(_LlamaBackend)
+        out.decoder, out.tables = self.decoder, self.tables
+        out.buffers = []
+        for (k, v), (ok, ov) in zip(self.buffers, other.buffers, strict=True):
+            pair = []
+            for a, b in ((k, ok), (v, ov)):
+                buf = a.new_zeros((mine + theirs, a.shape[1], max(capacity, width), a.shape[3]))
+                buf[:mine, :, pad_self:width] = a[:, :, self.lo:self.hi]
+                buf[mine:, :, pad_other:width] = b[:, :, other.lo:other.hi]
+                pair.append(buf)
+            out.buffers.append(tuple(pair))
+        out.views, out.lo, out.hi = out.buffers, 0, width
+        return out
 
 
 class _Row:
-    """Decoding state of one request inside the loop."""
+    """Decoding state of one request inside a batch. `max_new` is the one place the reply's length is clamped to the
+    context window (the prompt plus the reply never exceed `engine.max_context`)."""
 
-    def __init__(self, request: Request, tokenizer):
+    def __init__(self, request: Request, engine: Engine):
         self.request = request
         p = request.params
         self.params = p
-        self.text = TextStream(tokenizer, p.stop)
-        self.max_new = request.max_new or p.max_tokens
+        prompt = len(request.prompt_ids)
+        self.max_new = min(request.max_new or p.max_tokens, engine.max_context - prompt)
+        if prompt == 0 or self.max_new < 1:
+            raise ContextWindowError(f"the prompt is {prompt} tokens; the context window is {engine.max_context} tokens")
+        request.max_new = self.max_new
+        self.text = TextStream(engine.tokenizer, p.stop)
         self.plain_greedy = p.greedy and p.repetition_penalty == 1.0
         self.generator = None
         if p.seed is not None and not p.greedy:
             self.generator = torch.Generator().manual_seed(p.seed)
         self.seen = torch.tensor(request.prompt_ids, dtype=torch.long) if p.repetition_penalty != 1.0 else None
+
+    def fail(self, error: BaseException) -> None:
+        _fail(self.request, error)
 
     def sample(self, logits: torch.Tensor) -> int:
         p = self.params
@@ -388,7 +675,11 @@ class _Row:
             logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
         if p.greedy:
             return int(logits.argmax())
-        logits = logits / p.temperature
+        logits = logits.double()  # a temperature like 1e-200 is 0 in float32
+        overflowed = torch.isposinf(logits)
+        if overflowed.any():  # a tiny repetition_penalty pushed logits to +inf: those tokens share the mass
+            logits = torch.where(overflowed, 0.0, float("-inf")).double()
+        logits = (logits - logits.max()) / p.temperature  # shifted first: a tiny temperature gives -inf, never NaN
         if p.top_k and p.top_k < logits.shape[-1]:
             kth = torch.topk(logits, p.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))

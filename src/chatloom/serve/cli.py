@@ -35,7 +35,7 @@ def chat(
     seed: int = typer.Option(None, "--seed"),
     dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: as saved)."),
     max_context: int = typer.Option(None, "--max-context", help="Context window (default: the model's)."),
-    quantize: str = typer.Option(None, "--quantize", help="int8: dynamic int8 linear weights (CPU)."),
+    quantize: str = typer.Option(None, "--quantize", help="int8: per-channel int8 weights (CPU; inside the lean decoder for Llama-family models)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: default; 1 is often faster on a busy CPU)."),
 ):
     """Chat with a model in the terminal (streaming; /system TEXT, /reset, /save FILE, /tokens, /quit)."""
@@ -55,9 +55,9 @@ def serve(
     api_key: str = typer.Option(None, "--api-key", envvar="CHATLOOM_API_KEY", help="Require Authorization: Bearer KEY on /v1."),
     protocol: str = typer.Option(None, "--protocol", "-p", help="Override the protocol (default: the model's own)."),
     dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: as saved)."),
-    max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together (continuous batching: a new request joins the running batch at the next step)."),
     max_context: int = typer.Option(None, "--max-context"),
-    quantize: str = typer.Option(None, "--quantize", help="int8: dynamic int8 linear weights (CPU)."),
+    quantize: str = typer.Option(None, "--quantize", help="int8: per-channel int8 weights (CPU; inside the lean decoder for Llama-family models)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: default; 1 is often faster on a busy CPU)."),
     name: str = typer.Option(None, "--name", help="Model name in the API (default: the directory name)."),
 ):
