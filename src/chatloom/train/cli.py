@@ -44,7 +44,7 @@ COMMON = dict(
     seed=typer.Option(None, "--seed"),
     batch_size=typer.Option(None, "--batch-size", help="Packed rows per micro-batch per process."),
     grad_accum=typer.Option(None, "--grad-accum"),
-    precision=typer.Option(None, "--precision", help="auto | bf16 | fp32"),
+    precision=typer.Option(None, "--precision", help="auto | bf16 | fp16 (CUDA, loss scaling) | fp32"),
     eval_every=typer.Option(None, "--eval-every"),
     save_every=typer.Option(None, "--save-every"),
     resume=typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
