@@ -7,6 +7,7 @@ each other). Validation loss is measured by one evaluator (chatloom's exact per-
 with a block-diagonal mask) for every trained model. Prints JSON. Timings on a shared CPU are noisy: read the ratios.
 
     python bench/train.py [--convs 3200] [--steps 20] [--rows 4] [--seq-len 512] [--precision fp32|bf16]
+    python bench/train.py --long-rows [--lengths 1024,16384] [--tokens 16384] [--steps 6] [--precision bf16]
 
 `--precision bf16` runs every trainer with bf16 autocast (TRL: `bf16=True`); weights stay fp32 in all of them.
 """
@@ -119,8 +120,76 @@ def run_trl(base: Path, rendered, tok, out: Path, a, mode: str, batch: int, prec
     return {"model": trainer.model, "train_seconds": train_s, "setup_seconds": setup, "supervised_tokens": counted["sup"]}
 
 
+def long_rows_child(length: int, attention: str, a) -> dict:
+    """One configuration of `--long-rows` (its own process, so peak RSS is its own): the `tiny` model on the same short
+    conversations, rows of `length` tokens, `a.tokens // length` rows per step, dense mask or per-document attention."""
+    import resource
+
+    work = Path(tempfile.mkdtemp(prefix="chatloom-long-"))
+    save(make_conversations(a.convs), work / "train.jsonl")
+    run = Run(TrainConfig(out=str(work / "run"), model="tiny", data=[str(work / "train.jsonl")], seq_len=length,
+                          batch_size=max(1, a.tokens // length), max_steps=a.steps, lr=1e-3, warmup_steps=0,
+                          precision=a.precision, progress=False, seed=0))
+    run.loss_module.dense = attention == "dense"
+    if attention == "buckets":  # per-document buckets at every row length (no short-row mask)
+        from chatloom.train import attention as attention_module
+
+        attention_module.DENSE_UP_TO = 0
+    sup, losses, warm = 0, [], None
+    for step in range(a.steps):
+        if step == 2:
+            warm = (time.perf_counter(), sup, time.process_time())
+        out = run.accumulate(step)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        sup += out["supervised_tokens"]
+        losses.append(round(out["loss"], 5))
+    end = time.perf_counter()
+    return {"row_tokens": length, "rows_per_step": run.cfg.batch_size, "attention": attention,
+            "supervised_tok_s": round((sup - warm[1]) / (end - warm[0]), 1),
+            "supervised_tok_per_cpu_s": round((sup - warm[1]) / (time.process_time() - warm[2]), 1), "losses": losses,
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
+            "packed_rows": len(run.shard), "padding_waste": round(run.stats.padding_waste, 4)}
+
+
+def long_rows(a) -> None:
+    """Rows of 1,024 vs 16,384 tokens (`--lengths`) of the same short conversations, the same tokens per step: the dense
+    (B, 1, L, L) mask ("dense", the old path) vs per-document attention ("documents"). Prints JSON."""
+    import subprocess
+
+    results = []
+    for attention in a.attention.split(","):
+        for length in [int(x) for x in a.lengths.split(",")]:
+            cmd = [sys.executable, __file__, "--long-rows-child", f"{length}:{attention}", "--convs", str(a.convs),
+                   "--steps", str(a.steps), "--tokens", str(a.tokens), "--precision", a.precision]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    by = {(r["attention"], r["row_tokens"]): r for r in results}
+    ratios = {}
+    for attention in a.attention.split(","):
+        for rate in ("supervised_tok_s", "supervised_tok_per_cpu_s"):
+            rates = [by[(attention, int(x))][rate] for x in a.lengths.split(",") if (attention, int(x)) in by]
+            if len(rates) >= 2:
+                ratios[f"{attention} ({rate})"] = round(max(rates) / min(rates), 2)
+    print(json.dumps({"machine": {"threads": torch.get_num_threads(),
+                                  "note": "shared CPU (other jobs running): absolute numbers are noisy"},
+                      "setup": {"model": "tiny", "conversations": a.convs, "tokens_per_step": a.tokens,
+                                "cpu_s": "process CPU time (both threads), less sensitive to other jobs than wall time",
+                                "steps": a.steps, "timed": "steps 3.. (after two warm-up steps)",
+                                "precision": a.precision},
+                      "results": results, "slowest_vs_fastest_row_length": ratios}, indent=1))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--long-rows", action="store_true", help="rows of --lengths tokens, dense mask vs per-document "
+                   "attention, the same tokens per step (tiny model)")
+    p.add_argument("--lengths", default="1024,16384")
+    p.add_argument("--attention", default="dense,documents", help="dense (the old (B, 1, L, L) mask), documents "
+                   "(the default path), buckets (per-document buckets also for short rows)")
+    p.add_argument("--tokens", type=int, default=16384, help="--long-rows: tokens per optimizer step")
+    p.add_argument("--long-rows-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--convs", type=int, default=3200)
     p.add_argument("--val", type=int, default=200)
     p.add_argument("--steps", type=int, default=20)
@@ -130,6 +199,12 @@ def main(argv=None):
     p.add_argument("--only", default="chatloom,chatloom_compile,trl_padding,trl_bfd,trl_wrapped")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the same for every trainer")
     a = p.parse_args(argv)
+    if a.long_rows_child:
+        length, attention = a.long_rows_child.split(":")
+        print(json.dumps(long_rows_child(int(length), attention, a)))
+        return
+    if a.long_rows:
+        return long_rows(a)
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="chatloom-bench-"))
     _, tok = load_model("small")

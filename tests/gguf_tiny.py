@@ -24,21 +24,25 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _tokenizer_metadata() -> tuple[list[str], list[str], list[int]]:
-    spec = json.loads((BUNDLED_TOKENIZER / "tokenizer.json").read_text(encoding="utf-8"))
-    vocab = spec["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    assert [vocab[t] for t in tokens] == list(range(len(tokens)))
+def _tokenizer_metadata(tokenizer_json: str | Path | None = None) -> tuple[list[str], list[str], list[int]]:
+    spec = json.loads(Path(tokenizer_json or BUNDLED_TOKENIZER / "tokenizer.json").read_text(encoding="utf-8"))
+    by_id = {i: t for t, i in spec["model"]["vocab"].items()}
+    by_id.update({a["id"]: a["content"] for a in spec["added_tokens"]})  # a model dir's control tokens
+    tokens = [by_id[i] for i in range(len(by_id))]
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     special = {a["content"] for a in spec["added_tokens"] if a["special"]}
     return tokens, merges, [CONTROL if t in special else NORMAL for t in tokens]
 
 
-def write_tiny_llama_gguf(path: str | Path, seed: int = 0):
-    """Write a `tiny`-shaped Llama with random weights (norms too) to `path`; return the equal reference model."""
+def write_tiny_llama_gguf(path: str | Path, seed: int = 0, *, tokenizer_json: str | Path | None = None,
+                          chat_template: str | None = None, eos_token_id: int = 0):
+    """Write a `tiny`-shaped Llama with random weights (norms too) to `path`; return the equal reference model.
+
+    `tokenizer_json` (default chatloom's bundled BPE; e.g. a model directory's, with its control tokens),
+    `chat_template` and `eos_token_id` go into the tokenizer metadata as llama.cpp's converter writes them."""
     import gguf
 
-    tokens, merges, types = _tokenizer_metadata()
+    tokens, merges, types = _tokenizer_metadata(tokenizer_json)
     model = build_model("tiny", len(tokens), seed=seed).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # norms away from 1.0, so a norm that loads wrong (or not at all) changes the logits
@@ -67,7 +71,9 @@ def write_tiny_llama_gguf(path: str | Path, seed: int = 0):
     w.add_token_merges(merges)
     w.add_token_types(types)
     w.add_bos_token_id(0)
-    w.add_eos_token_id(0)
+    w.add_eos_token_id(eos_token_id)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     def tensor(name: str, t: torch.Tensor) -> None:
         w.add_tensor(name, t.detach().float().numpy().copy())

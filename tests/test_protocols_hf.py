@@ -14,7 +14,7 @@ from chatloom import Conversation, load_tokenizer, protocols
 from chatloom.protocols.jinja_env import TemplateError, render
 from chatloom.tokenizers import copy_tokenizer
 
-from .conftest import FIXTURES, GPT2_JSON, TEMPLATES
+from .conftest import FIXTURES, GPT2_JSON, TEMPLATES, need
 
 # Control tokens that templates use without the <|...|> shape (a real tokenizer of that family has them).
 FAMILY_TOKENS = {
@@ -197,11 +197,15 @@ def test_ollama_expected_prompts(name, gpt2_base):
         if rendered != expected:
             continue
         matched += 1
+        p = TemplateProtocol(e["template"], copy_tokenizer(gpt2_base), bos_token="", eos_token="",
+                             control_tokens=OLLAMA_TOKENS.get(name, []))
+        for case, msgs in cases.items():
+            assert p.render_text(msgs, add_generation_prompt=True) == expected[case]
         try:
-            p = TemplateProtocol(e["template"], copy_tokenizer(gpt2_base), bos_token="", eos_token="",
-                                 control_tokens=OLLAMA_TOKENS.get(name, []))
-        except protocols.ProtocolError:
+            p.render(Conversation.from_dict({"messages": cases["user"]}))
+        except protocols.ProtocolError as err:
             assert name == "granite-instruct"  # its Hub template is plain "Question:/Answer:" text: no turn token
+            assert "no control token closes an assistant turn" in str(err)
             continue
         as_protocol += 1
         for case, msgs in cases.items():
@@ -230,9 +234,12 @@ def test_sources_string_jinja_config_and_model_dir(tmp_path, gpt2_base):
 
 
 def test_unusable_templates_give_clear_errors(gpt2_base):
-    with pytest.raises(protocols.ProtocolError, match="no control token closes an assistant turn"):
-        protocols.from_template("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
-                                copy_tokenizer(gpt2_base))
+    plain = protocols.from_template("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
+                                    copy_tokenizer(gpt2_base))
+    assert plain.render_text([{"role": "user", "content": "hi"}]) == "user: hi\n"  # text needs no mask
+    for use in (plain.render, plain.prompt, lambda c: plain.end_of_turn_id):
+        with pytest.raises(protocols.ProtocolError, match="no control token closes an assistant turn"):
+            use(Conversation.of("hi", "yo"))
     with pytest.raises(TemplateError, match="does not compile"):
         protocols.from_template("{% for m in messages %}", copy_tokenizer(gpt2_base))
     with pytest.raises(FileNotFoundError):
@@ -249,3 +256,47 @@ def test_template_raise_exception_surfaces(gpt2_base):
 def test_all_fixture_templates_listed():
     assert len(TEMPLATE_FILES) >= 40
     assert any("gemma" in f for f in TEMPLATE_FILES) and any("Qwen3" in f for f in TEMPLATE_FILES)
+
+
+@pytest.mark.parametrize("path", TEMPLATE_FILES, ids=lambda p: str(Path(p).relative_to(TEMPLATES)))
+def test_render_text_needs_no_tokenizer(path, gpt2_base):
+    """`from_template(source, tokenizer=None).render_text(...)` is transformers' text for every template (bos/eos from the
+    tokenizer_config.json source or the caller, else empty); with a tokenizer whose vocabulary lacks the template's turn
+    token, text still renders and only `render` refuses, saying why."""
+    text_only = protocols.from_template(path)
+    assert text_only.tokenizer is None
+    with pytest.raises(protocols.ProtocolError, match="tokenizer"):
+        text_only.render(BATTERY[0])
+    hf = gpt2_base.hf
+    checked = 0
+    for conv in BATTERY:
+        msgs = [m.to_dict() for m in conv.messages]
+        for gen in (False, True):
+            for extra in ({}, {"bos_token": "<s>", "eos_token": "</s>"}):
+                kw = {**text_only.template_vars, **extra}
+                try:
+                    ref = hf.apply_chat_template(msgs, chat_template=text_only.template, tokenize=False,
+                                                 add_generation_prompt=gen, **kw)
+                except Exception:
+                    with pytest.raises(TemplateError):
+                        text_only.render_text(msgs, add_generation_prompt=gen, **extra)
+                    continue
+                assert text_only.render_text(msgs, add_generation_prompt=gen, **extra) == ref
+                checked += 1
+    assert checked >= 4
+    with_gpt2 = protocols.from_template(path, copy_tokenizer(gpt2_base))  # no family tokens: maybe no turn token
+    assert with_gpt2.render_text([m.to_dict() for m in BATTERY[1].messages]) == text_only.render_text(
+        [m.to_dict() for m in BATTERY[1].messages]) or path.endswith(".jinja")  # .jinja: bos/eos come from GPT-2 then
+    try:
+        with_gpt2.render(BATTERY[1])
+    except protocols.ProtocolError as e:
+        assert "no control token closes an assistant turn" in str(e) or "changes the text" in str(e)
+
+
+def test_config_source_gives_bos_eos_without_tokenizer():
+    p = protocols.from_template(need(TEMPLATES / "hf_tokenizer_configs" / "Meta-Llama-3-8B__NousResearch.tokenizer_config.json"))
+    assert p.template_vars["bos_token"] == "<|begin_of_text|>"
+    assert p.render_text([{"role": "user", "content": "hi"}]).startswith("<|begin_of_text|><|start_header_id|>user")
+    jinja = protocols.from_template(need(TEMPLATES / "trl" / "llama3.jinja"))
+    assert jinja.template_vars["bos_token"] == "" and jinja.render_text([{"role": "user", "content": "hi"}]).startswith("<|start")
+    assert jinja.render_text([{"role": "user", "content": "hi"}], bos_token="<B>").startswith("<B><|start")

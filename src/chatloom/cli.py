@@ -78,6 +78,32 @@ def tokens(
         (err if as_json else console).print(f"wrote {html_out}")
 
 
+@app.command()
+def check(
+    model_dir: Path = typer.Argument(..., help="A model directory (chatloom.json, chat_template.jinja, tokenizer)."),
+    data: list[Path] = typer.Option(None, "--data", help="Conversations to check (JSONL/Parquet; default: a built-in "
+                                                         "set with unicode, multi-turn and typed control tokens)."),
+    gguf: Path = typer.Option(None, "--gguf", help="Also compare the chat template and tokenizer stored in this GGUF."),
+    limit: int = typer.Option(100, "--limit", "-n", help="Check at most N conversations of --data."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+):
+    """Training/serving parity: chatloom's protocol vs transformers' apply_chat_template (and a GGUF) on the same
+    conversations, eos ids, end-of-turn supervision, prompt prefixes. Exit 1 on any mismatch."""
+    from .check import check_model
+
+    try:
+        report = check_model(model_dir, data=data or None, gguf=gguf, limit=limit)
+    except (ValidationError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
+    else:
+        report.print(console)
+    raise typer.Exit(report.exit_code)
+
+
 @tokenizer_app.command("train")
 def tokenizer_train(
     files: list[Path] = typer.Argument(..., help="Plain-text training files."),

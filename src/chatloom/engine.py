@@ -195,7 +195,9 @@ class Engine:
             dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}.get(dtype) or getattr(torch, dtype)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype or "auto")
         if model.get_input_embeddings().weight.shape[0] < len(protocol.tokenizer):
-            model.resize_token_embeddings(len(protocol.tokenizer))
+            from .train.models import fit_vocab  # the one place vocabularies grow (new rows = mean of the old ones)
+
+            fit_vocab(model, len(protocol.tokenizer))
         lean_int8 = False
         if quantize:
             from .engine_llama import LlamaDecoder

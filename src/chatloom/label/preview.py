@@ -1,5 +1,6 @@
 """Live token preview for the reply editor: the conversation rendered by the project's protocol and tokenizer, each
-token with its text, whether the loss sees it, and the message it belongs to (the same `render` training uses)."""
+token with its text, whether the loss sees it, and the message it belongs to (the same `render` training uses; -1 and
+`template_tokens` count template text that belongs to no message, such as BOS or a default system prompt)."""
 
 from __future__ import annotations
 
@@ -47,18 +48,23 @@ def preview(project, messages: list[dict], system: str | None = None) -> dict:
     if system:
         turns.insert(0, ConvMessage("system", system))
     if not turns:
-        return {"tokens": [], "num_tokens": 0, "num_supervised": 0, "per_message": [], "protocol": project.protocol}
+        return {"tokens": [], "num_tokens": 0, "num_supervised": 0, "per_message": [], "template_tokens": 0,
+                "protocol": project.protocol}
     conv = Conversation(turns).validate()
     proto = protocol_for(project)
     with _lock:
         tv = view.as_json(conv, proto.render(conv), proto)
     per = [{"role": m.role, "tokens": 0, "supervised": 0} for m in conv.messages]
+    template_tokens = 0  # message index -1: BOS, a template's default system prompt, the generation prompt
     for mi, sup in zip(tv["message_index"], tv["mask"], strict=True):
         if 0 <= mi < len(per):
             per[mi]["tokens"] += 1
             per[mi]["supervised"] += int(sup)
+        else:
+            template_tokens += 1
     return {"tokens": [[t, int(s), int(mi)] for t, s, mi in zip(tv["tokens"], tv["mask"], tv["message_index"], strict=True)],
             "num_tokens": tv["num_tokens"], "num_supervised": int(tv["num_supervised"]), "per_message": per,
+            "template_tokens": template_tokens,
             "protocol": proto.name, "tokenizer": proto.tokenizer.name}
 
 

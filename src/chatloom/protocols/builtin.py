@@ -1,7 +1,7 @@
 """The built-in formats, declared as strings: gpt4o, chatml and llama3 (DESIGN §2).
 
 Each format is a header (with `{role}`), a footer whose first token ends the turn, and optionally a token placed once at
-the start. From that declaration come the parts (what `render` encodes), the parser (a regex over the escaped string)
+the start. From that declaration come the layout (what the encoder turns into ids and mask), the parser (a regex over the escaped string)
 and a Jinja chat template equal to the protocol, which an exported model directory carries so that transformers, vLLM
 and llama.cpp apply the same format.
 """
@@ -13,7 +13,8 @@ import re
 from collections.abc import Sequence
 
 from ..conversation import Conversation, Message, ValidationError
-from .base import NO_MESSAGE, Part, Protocol, ProtocolError
+from .base import Protocol, ProtocolError
+from .encoder import Layout
 from .escape import Escaper
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "\n<tool_call>\n", "\n</tool_call>"
@@ -49,53 +50,23 @@ class TurnProtocol(Protocol):
 
     def __init__(self, tokenizer):
         super().__init__(tokenizer)
+        self.bos_tokens = (self.begin,) if self.begin else ()
         self.escaper = Escaper(self.control_tokens)
-        self._gaps = None
-        self._header_cache: dict[str, list[tuple[str, str]]] = {}
-        self._footer = self._pieces(self.footer)
-        if not self._footer or self._footer[0] != ("token", self.end_of_turn):
+        self._heads = {r: self.header.replace("{role}", r) for r in ("system", "user", "assistant", "tool")}
+        footer = self.escaper.split(self.footer)
+        if not footer or footer[0][:2] != ("token", self.end_of_turn):
             raise ProtocolError(f"{self.name}: the footer must start with the end-of-turn token")
         pattern = re.escape(self.header).replace(re.escape("{role}"), "(system|user|assistant|tool)")
         self._turn = re.compile(pattern + "(.*?)" + re.escape(self.footer), re.S)
 
-    def _pieces(self, s: str) -> list[tuple[str, str]]:
-        return [(kind, value) for kind, value, _ in self.escaper.split(s)]
-
-    def _header(self, role: str) -> list[tuple[str, str]]:
-        h = self._header_cache.get(role)
-        if h is None:
-            h = self._header_cache[role] = self._pieces(self.header.replace("{role}", role))
-        return h
-
-    def parts(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Part]:
-        out = [Part(token=self.begin)] if self.begin else []
-        for i, m in enumerate(conv.messages):
-            out += [Part(text=v, message=i) if k == "text" else Part(token=v, message=i) for k, v in self._header(m.role)]
-            supervised = m.role == "assistant" and m.train
-            out.append(Part(text=assistant_text(m) if m.role == "assistant" else m.content, message=i, supervised=supervised))
-            for j, (k, v) in enumerate(self._footer):
-                sup = supervised and j == 0
-                out.append(Part(text=v, message=i, supervised=sup) if k == "text" else Part(token=v, message=i, supervised=sup))
-        if add_generation_prompt:
-            out += [Part(text=v) if k == "text" else Part(token=v) for k, v in self._header("assistant")]
-            for p in out[-len(self._header("assistant")):]:
-                p.message = NO_MESSAGE
-        return out
-
-    def gap_renderer(self):
-        if self._gaps is None:
-            from .gaps import GapRenderer
-
-            self._gaps = GapRenderer(self, self.escaper, self.end_of_turn)
-        return self._gaps
-
-    def gap_item(self, conv: Conversation, add_generation_prompt: bool):
+    def layout(self, conv: Conversation, add_generation_prompt: bool = False) -> Layout:
         msgs = conv.messages
-        heads = [self.header.replace("{role}", m.role) for m in msgs]
-        gaps = [self.begin + heads[0]] + [self.footer + h for h in heads[1:]]
-        gaps.append(self.footer + (self.header.replace("{role}", "assistant") if add_generation_prompt else ""))
+        heads = self._heads
+        gaps = [self.begin + heads[msgs[0].role]]
+        gaps += [self.footer + heads[m.role] for m in msgs[1:]]
+        gaps.append(self.footer + (heads["assistant"] if add_generation_prompt else ""))
         contents = [assistant_text(m) if m.role == "assistant" else m.content for m in msgs]
-        return gaps, contents, [m.role == "assistant" and m.train for m in msgs]
+        return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs])
 
     def parse(self, ids: Sequence[int]) -> Conversation:
         s = "".join(v if k == "token" else self.escaper.escape(v) for k, v in self.split_control(ids))

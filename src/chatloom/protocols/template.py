@@ -1,17 +1,21 @@
 """The `hf` protocol: any Jinja chat template, rendered as transformers renders it, tokenized without injection.
 
-Rendering: message text is escaped (control-token strings become private-use sentinels), the template is rendered, the
-output is split on the control tokens the template placed, and the text between them is un-escaped and encoded with
-special-token parsing off. For a conversation without injected control text the ids equal
-`tokenizer.apply_chat_template(..., tokenize=True)`; with injected text they stay plain text.
+Text: `render_text` is what `apply_chat_template(..., tokenize=False)` returns, with or without a tokenizer (bos/eos
+come from the caller, the tokenizer_config.json source or the tokenizer, else they are empty, as in transformers).
 
-Mask: assistant content plus the end-of-turn token that closes it, found in the rendered text (no `{% generation %}`
-markers needed). The end-of-turn token is learned from the template itself.
+Ids: message text is escaped (control-token strings become private-use sentinels), the template is rendered, each
+message's content is found in the output and the text between contents becomes the layout's gaps; the one encoder
+(encoder.py) splits gaps on the control tokens the template placed and encodes the text with special-token parsing
+off. For a conversation without injected control text the ids equal `tokenizer.apply_chat_template(..., tokenize=True)`;
+with injected text they stay plain text.
 
-Fast path: most templates are a fixed string between messages that depends only on the roles around it. When probing
-shows that (the "skeleton" reproduces the template exactly on a battery of shapes and contents), conversations are
-rendered from the skeleton without Jinja; otherwise, or when a conversation uses tools, Jinja renders every time.
-The skeleton is also what `parse` reads ids back with.
+Mask: assistant content plus the end-of-turn token that closes it (no `{% generation %}` markers needed); the
+end-of-turn token is the first control token the template places after an assistant reply (`<|im_end|>`, `</s>`,
+`<end_of_turn>` ... when the tokenizer has it). A template whose turns end in no control token still renders text;
+`render` then says why it cannot place a mask.
+
+Fast path: most templates are a fixed string between messages that depends only on the roles around it (skeleton.py);
+conversations it covers are laid out without Jinja. The skeleton is also what `parse` reads ids back with.
 """
 
 from __future__ import annotations
@@ -23,19 +27,19 @@ from pathlib import Path
 
 from ..conversation import Conversation, Message, ValidationError
 from ..tokenizers import Tokenizer, load_tokenizer
-from .base import NO_MESSAGE, Part, Protocol, ProtocolError
+from .base import Protocol, ProtocolError
+from .encoder import Layout
 from .escape import Escaper
 from .jinja_env import GEN_CLOSE, GEN_OPEN, TemplateError, compile_template, render
+from .skeleton import Skeleton
 
 _CONTROL_LITERAL = re.compile(r"<\|[^|<>\s'\"]{1,40}\|>|<｜[^｜<>\s'\"]{1,40}｜>")
-END = "$end"
 
 
 def message_dicts(conv: Conversation | Sequence) -> list[dict]:
-    if isinstance(conv, Conversation):
-        return [m.to_dict() | {"role": m.role, "content": m.content} for m in conv.messages]
+    """Messages as the dicts a chat template sees (as a user passes them to transformers: no `train` key)."""
     out = []
-    for m in conv:
+    for m in conv.messages if isinstance(conv, Conversation) else conv:
         out.append(m.to_dict() if isinstance(m, Message) else dict(m))
     for d in out:
         d.pop("train", None)
@@ -43,9 +47,12 @@ def message_dicts(conv: Conversation | Sequence) -> list[dict]:
 
 
 class TemplateProtocol(Protocol):
+    """A chat template as a protocol. Without a tokenizer it renders text only (`render_text`); with one it renders
+    ids and masks too, once it finds the token that ends an assistant turn in the template."""
+
     name = "hf"
 
-    def __init__(self, template: str, tokenizer: Tokenizer, *, control_tokens: Sequence[str] = (),
+    def __init__(self, template: str, tokenizer: Tokenizer | None = None, *, control_tokens: Sequence[str] = (),
                  bos_token: str | None = None, eos_token: str | None = None, template_vars: dict | None = None,
                  fast: bool = True):
         if not isinstance(template, str) or not template.strip():
@@ -53,22 +60,42 @@ class TemplateProtocol(Protocol):
         compile_template(template)  # a syntax error is reported as such, before anything else
         self.template = template
         literals = _CONTROL_LITERAL.findall(template)
-        self.bos_token = bos_token if bos_token is not None else tokenizer.bos_token
-        self.eos_token = eos_token if eos_token is not None else tokenizer.eos_token
+        self.bos_token = bos_token if bos_token is not None else getattr(tokenizer, "bos_token", None)
+        self.eos_token = eos_token if eos_token is not None else getattr(tokenizer, "eos_token", None)
         wanted = [*control_tokens, *literals, *(t for t in (self.bos_token, self.eos_token) if t)]
         self.control_tokens = tuple(dict.fromkeys(t for t in wanted if t))
+        pad = getattr(tokenizer, "pad_token", None)
+        self.template_vars = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "", "pad_token": pad or "",
+                              **(template_vars or {})}
+        self.bos_tokens = (self.template_vars["bos_token"],) if self.template_vars["bos_token"] else ()
+        self.skeleton = None
+        self.end_of_turn = ""
+        if tokenizer is None:
+            self.tokenizer = None
+            self.added_tokens = []
+            self.escaper = Escaper([*self.control_tokens, GEN_OPEN, GEN_CLOSE])
+            self._unusable = ("hf: this protocol has no tokenizer: it renders text (render_text) but not ids; "
+                              "pass a tokenizer to from_template")
+            return
         super().__init__(tokenizer)
-        self.template_vars = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
-                              "pad_token": tokenizer.pad_token or "", **(template_vars or {})}
-        self._refresh_escaper()
-        self.end_of_turn = self._learn_end_of_turn()
-        self._gaps = None
-        self.skeleton = _Skeleton.learn(self) if fast else None
-
-    def _refresh_escaper(self):
         controls = sorted(set(self.tokenizer.special_tokens) | set(self.control_tokens))
         self.escaper = Escaper([*controls, GEN_OPEN, GEN_CLOSE])
-        self._splitter = Escaper(controls)
+        self._unusable = None
+        try:
+            self.end_of_turn = self._learn_end_of_turn()
+        except ProtocolError as e:  # text still renders; ids and masks say why they cannot
+            self._unusable = str(e)
+            return
+        self.skeleton = Skeleton.learn(self) if fast else None
+
+    def _usable(self):
+        if self._unusable:
+            raise ProtocolError(self._unusable)
+
+    @property
+    def end_of_turn_id(self) -> int:
+        self._usable()  # a template without a usable turn token says why, not "token '' has no id"
+        return super().end_of_turn_id
 
     # ------------------------------------------------------------------------------------------------ text
     def render_text(self, messages, add_generation_prompt: bool = False, **template_vars) -> str:
@@ -77,7 +104,9 @@ class TemplateProtocol(Protocol):
         text, _ = render(self.template, messages=message_dicts(messages), add_generation_prompt=add_generation_prompt, **context)
         return text
 
-    def _render_escaped(self, conv: Conversation, add_generation_prompt: bool, messages=None) -> str:
+    def render_escaped(self, conv: Conversation, add_generation_prompt: bool, messages=None) -> str:
+        """The template's rendering of `conv` (or of `messages` with conv's tools) with every control-token string in
+        message text escaped, so that the control tokens in the result are exactly the ones the template placed."""
         msgs = message_dicts(conv if messages is None else messages)
         for m in msgs:
             if isinstance(m.get("content"), str):
@@ -91,112 +120,105 @@ class TemplateProtocol(Protocol):
     def _learn_end_of_turn(self) -> str:
         probe = Conversation([Message("user", "Hi"), Message("assistant", "Answer\u2063text")])
         try:
-            text = self._render_escaped(probe, False)
+            text = self.render_escaped(probe, False)
         except TemplateError as e:
             raise ProtocolError(f"hf: the template cannot render a plain user/assistant exchange: {e}") from e
         at = text.rfind("Answer\u2063text")
         if at < 0:
             raise ProtocolError("hf: the template does not render assistant content verbatim; cannot find the turn end")
-        for kind, value, _ in self._splitter.split(text[at:]):
+        for kind, value, _ in self.escaper.split(text[at:]):
             if kind == "token":
                 return value
         raise ProtocolError("hf: no control token closes an assistant turn in this template; pass control_tokens= "
                             "with its end-of-turn token (e.g. '<end_of_turn>') or use a tokenizer that has it")
 
-    # ------------------------------------------------------------------------------------------------ parts
-    def parts(self, conv: Conversation, add_generation_prompt: bool = False) -> list[Part]:
+    # ------------------------------------------------------------------------------------------------ layout
+    def render_batch(self, convs, add_generation_prompt: bool = False):
+        self._usable()
+        return super().render_batch(convs, add_generation_prompt)
+
+    def layout(self, conv: Conversation, add_generation_prompt: bool = False) -> Layout:
+        self._usable()
         if self.skeleton is not None and self.skeleton.covers(conv):
-            return self.skeleton.parts(conv, add_generation_prompt)
-        return self._parts_jinja(conv, add_generation_prompt)
+            return self.skeleton.layout(conv, add_generation_prompt)
+        return self._layout_jinja(conv, add_generation_prompt)
 
-    def gap_renderer(self):
-        if self.skeleton is None:
-            return None
-        if self._gaps is None:
-            from .gaps import GapRenderer
+    def _layout_jinja(self, conv: Conversation, add_generation_prompt: bool) -> Layout:
+        """Render with Jinja and find each message's content in the output; the text between contents is the gaps.
 
-            self._gaps = GapRenderer(self, self._splitter, self.end_of_turn)
-        return self._gaps
-
-    def gap_item(self, conv: Conversation, add_generation_prompt: bool):
-        sk = self.skeleton
-        if sk is None or not sk.covers(conv):
-            return None
-        msgs, n = conv.messages, len(conv.messages)
-        gaps = [sk.first[(msgs[0].role, msgs[1].role if n > 1 else END, add_generation_prompt)]]
-        gaps += [sk.gap[(msgs[j].role, msgs[j + 1].role, j == 0)] for j in range(n - 1)]
-        gaps.append(sk.last[(msgs[-1].role, n == 1, add_generation_prompt)])
-        contents = [m.content.strip() if sk.trim else m.content for m in msgs]
-        return gaps, contents, [m.role == "assistant" and m.train for m in msgs]
-
-    def _parts_jinja(self, conv: Conversation, add_generation_prompt: bool) -> list[Part]:
-        full = self._render_escaped(conv, add_generation_prompt)
+        A content is found exactly by rendering the conversation again with a sentinel in its place: when the text
+        around the sentinel is the text around the content, what lies between is the content as the template renders
+        it (as is, or with some of its leading/trailing whitespace trimmed). Templates that make other text depend
+        on a message (a system prompt moved into a user turn) fall back to searching for the content in order."""
+        full = self.render_escaped(conv, add_generation_prompt)
+        escape = self.escaper.escape
+        msgs = conv.messages
+        spans = [self._span_by_sentinel(conv, i, full, add_generation_prompt, escape(m.content)) for i, m in enumerate(msgs)]
+        for i, span in enumerate(spans):  # a content after a later message's was moved there (a system prompt)
+            if span is not None and any(s is not None and s[0] < span[0] for s in spans[i + 1:]):
+                spans[i] = None
         cursor = 0
-        regions: list[tuple[int, int, int, bool]] = []  # (start, end, message, supervised)
-        region_start = 0
-        for i, m in enumerate(conv.messages):
-            target = self.escaper.escape(m.content)
-            search_from = max(cursor, self._anchor(conv, i, full))
-            at, target = _locate(full, target, search_from)
-            if at >= 0 and m.role != "assistant" and i + 1 < len(conv.messages):
-                following = self.escaper.escape(conv.messages[i + 1].content).strip()
-                nxt = full.find(following, cursor) if following else -1
-                if 0 <= nxt < at:  # the template moved this message later (e.g. system into the last user turn)
-                    at, target = -1, ""
-            if at < 0:
-                if m.role == "assistant" and (m.train and not m.tool_calls):
-                    raise ProtocolError(f"hf: the template changes the text of assistant message {i}; cannot place its loss "
-                                        "mask (use a template that renders assistant content verbatim)")
-                at = search_from
-                target = ""
-            end = at + len(target)
-            if m.role == "assistant":
-                turn_end = full.find(self.end_of_turn, end)
-                following = self.escaper.escape(conv.messages[i + 1].content).strip() if i + 1 < len(conv.messages) else ""
-                nxt = full.find(following, end) if following else -1
-                if turn_end < 0 or 0 <= nxt < turn_end:  # this template leaves the turn open: supervise the content
-                    turn_end = end
-                else:
-                    turn_end += len(self.end_of_turn)
-                regions.append((region_start, at, i, False))
-                regions.append((at, turn_end, i, m.train))
-                region_start = cursor = turn_end
+        cuts: list[tuple[int, int]] = []
+        for i, m in enumerate(msgs):
+            target = escape(m.content)
+            found = spans[i]
+            if found is not None and found[0] >= cursor:
+                at, end = found
             else:
-                regions.append((region_start, end, i, False))
-                region_start = cursor = end
-        regions.append((region_start, len(full), NO_MESSAGE, False))
-        return self._cut(full, regions)
+                at, target = _locate(full, target, cursor)
+                if at >= 0 and m.role != "assistant" and i + 1 < len(msgs):
+                    following = escape(msgs[i + 1].content).strip()
+                    nxt = full.find(following, cursor) if following else -1
+                    if 0 <= nxt < at:  # the template moved this message later (e.g. system into the last user turn)
+                        at, target = -1, ""
+                if at < 0:
+                    if m.role == "assistant" and (m.train and not m.tool_calls):
+                        raise ProtocolError(f"hf: the template changes the text of assistant message {i}; cannot place "
+                                            "its loss mask (use a template that renders assistant content verbatim)")
+                    at, target = cursor, ""
+                end = at + len(target)
+            cuts.append((at, end))
+            cursor = end
+            if m.role == "assistant":  # the next message starts after this turn's end
+                turn_end = full.find(self.end_of_turn, end)
+                following = escape(msgs[i + 1].content).strip() if i + 1 < len(msgs) else ""
+                nxt = full.find(following, end) if following else -1
+                if turn_end >= 0 and not 0 <= nxt < turn_end:
+                    cursor = turn_end + len(self.end_of_turn)
+        gaps = [full[: cuts[0][0]]]
+        gaps += [full[cuts[j][1]: cuts[j + 1][0]] for j in range(len(cuts) - 1)]
+        gaps.append(full[cuts[-1][1]:])
+        unescape = self.escaper.unescape
+        contents = [unescape(full[a:b]) for a, b in cuts]
+        return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs],
+                      [m.role == "assistant" and bool(m.tool_calls) for m in msgs])
 
     _SENTINEL = "\u2063\u2062S\u2062\u2063"
 
-    def _anchor(self, conv: Conversation, i: int, full: str) -> int:
-        """Where message i's content can start in `full`: render the messages before it plus a sentinel in its place;
-        if what precedes the sentinel is a prefix of the full rendering, the content starts there (or later)."""
-        probe = [*conv.messages[:i], Message(conv.messages[i].role, self._SENTINEL)]
+    def _span_by_sentinel(self, conv: Conversation, i: int, full: str, gen: bool, target: str) -> tuple[int, int] | None:
+        """(start, end) of message i's content in `full`, from a rendering with a sentinel in its place; None when the
+        template renders the sentinel other than once, changes the text around it, or changes more than whitespace."""
+        msgs = message_dicts(conv)
+        msgs[i]["content"] = self._SENTINEL
         try:
-            text = self._render_escaped(conv, False, probe)
+            text = self.render_escaped(conv, gen, msgs)
         except TemplateError:
-            return 0
+            return None
         at = text.find(self._SENTINEL)
-        return at if at >= 0 and full.startswith(text[:at]) else 0
-
-    def _cut(self, full: str, regions) -> list[Part]:
-        out: list[Part] = []
-        pieces = self._splitter.split(full)
-        for kind, value, start in pieces:
-            end = start + len(value)
-            for r_start, r_end, message, supervised in regions:
-                a, b = max(start, r_start), min(end, r_end)
-                if a >= b:
-                    continue
-                if kind == "token":
-                    out.append(Part(token=value, message=message, supervised=supervised))
-                    break
-                out.append(Part(text=self.escaper.unescape(full[a:b]), message=message, supervised=supervised))
-        return out
+        if at < 0 or text.find(self._SENTINEL, at + 1) >= 0:
+            return None
+        tail = len(text) - at - len(self._SENTINEL)
+        end = len(full) - tail
+        if end < at or not full.startswith(text[:at]) or not full.endswith(text[at + len(self._SENTINEL):]):
+            return None
+        rendered = full[at:end]
+        if rendered != target and not (rendered in target and rendered.strip() == target.strip()):
+            return None
+        return at, end
 
     # ------------------------------------------------------------------------------------------------ parse
     def parse(self, ids: Sequence[int]) -> Conversation:
+        self._usable()
         if self.skeleton is None:
             raise ProtocolError("hf: this template is not regular enough to be parsed back (no skeleton)")
         s = "".join(v if k == "token" else self.escaper.escape(v) for k, v in self.split_control(ids))
@@ -229,177 +251,6 @@ def _locate(full: str, target: str, start: int) -> tuple[int, str]:
         if at >= 0:
             return at, candidate
     return -1, target
-
-
-class _Skeleton:
-    """The template as fixed strings between message contents, keyed by the roles around them (see module doc)."""
-
-    ROLES = ("system", "user", "assistant")
-    PROBE_TEXTS = ("P", " spaced out \n", "\nnew\nlines\n\n", "<think>x</think> y", "  ", "tab\there")
-
-    def __init__(self, proto: TemplateProtocol, trim: bool = False):
-        self.proto = proto
-        self.trim = trim  # the template strips message content (`content | trim`), e.g. Llama 3
-        self.first: dict[tuple, str] = {}  # (first role, second role or END, gen) -> text before the first content
-        self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
-        self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
-        self._split_cache: dict[str, list] = {}
-        self._parts_cache: dict[tuple, list[Part]] = {}
-
-    @classmethod
-    def learn(cls, proto: TemplateProtocol) -> _Skeleton | None:
-        return cls._learn(proto, trim=False) or cls._learn(proto, trim=True)
-
-    @classmethod
-    def _learn(cls, proto: TemplateProtocol, trim: bool) -> _Skeleton | None:
-        sk = cls(proto, trim)
-        shapes = [("user", "assistant"), ("system", "user", "assistant"), ("user", "assistant", "user", "assistant"),
-                  ("system", "user", "assistant", "user", "assistant", "user"), ("user",), ("system", "user"),
-                  ("user", "assistant", "user"), ("system", "user", "assistant", "user", "assistant")]
-        try:
-            for shape in shapes:
-                for gen in (False, True):
-                    if not sk._observe(shape, gen):
-                        return None
-            for k, shape in enumerate(shapes):  # verify on other contents: whitespace, newlines, think tags ...
-                for gen in (False, True):
-                    texts = [cls.PROBE_TEXTS[(k + j) % len(cls.PROBE_TEXTS)] + f"{j}" for j in range(len(shape))]
-                    conv = Conversation([Message(r, t) for r, t in zip(shape, texts, strict=True)])
-                    expected = proto._render_escaped(conv, gen)
-                    if sk._text(conv, gen) != expected:
-                        return None
-        except (TemplateError, KeyError, ProtocolError):
-            return None
-        return sk
-
-    def _observe(self, shape, gen) -> bool:
-        marks = [f"\u2063M{j}\u2063" for j in range(len(shape))]
-        conv = Conversation([Message(r, t) for r, t in zip(shape, marks, strict=True)])
-        text = self.proto._render_escaped(conv, gen)
-        pos, cuts = 0, []
-        for mark in marks:
-            at = text.find(mark, pos)
-            if at < 0 or text.count(mark) != 1:
-                return False
-            cuts.append((at, at + len(mark)))
-            pos = at + len(mark)
-        entries = [(self.first, (shape[0], shape[1] if len(shape) > 1 else END, gen), text[: cuts[0][0]])]
-        for j in range(len(shape) - 1):
-            entries.append((self.gap, (shape[j], shape[j + 1], j == 0), text[cuts[j][1]: cuts[j + 1][0]]))
-        entries.append((self.last, (shape[-1], len(shape) == 1, gen), text[cuts[-1][1]:]))
-        for table, key, value in entries:
-            if table.setdefault(key, value) != value:
-                return False
-        return True
-
-    def covers(self, conv: Conversation) -> bool:
-        if conv.tools:
-            return False
-        n = len(conv.messages)
-        for j, m in enumerate(conv.messages):
-            if m.role not in self.ROLES or m.tool_calls or m.name or m.tool_call_id:
-                return False
-            nxt = conv.messages[j + 1].role if j + 1 < n else END
-            if j == 0 and (m.role, nxt, False) not in self.first:
-                return False
-            if j + 1 < n and (m.role, nxt, j == 0) not in self.gap:
-                return False
-        return (conv.messages[-1].role, n == 1, False) in self.last
-
-    def _pieces(self, conv: Conversation, gen: bool) -> list[str]:
-        msgs = conv.messages
-        out = [self.first[(msgs[0].role, msgs[1].role if len(msgs) > 1 else END, gen)]]
-        for j, m in enumerate(msgs):
-            out.append(self.proto.escaper.escape(m.content.strip() if self.trim else m.content))
-            if j + 1 < len(msgs):
-                out.append(self.gap[(m.role, msgs[j + 1].role, j == 0)])
-        out.append(self.last[(msgs[-1].role, len(msgs) == 1, gen)])
-        return out
-
-    def _text(self, conv: Conversation, gen: bool) -> str:
-        return "".join(self._pieces(conv, gen))
-
-    def parts(self, conv: Conversation, gen: bool) -> list[Part]:
-        msgs = conv.messages
-        escape = self.proto.escaper.escape
-        n = len(msgs)
-        out = list(self._gap_parts(self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)], NO_MESSAGE, False, 0))
-        for j, m in enumerate(msgs):
-            supervised = m.role == "assistant" and m.train
-            text = m.content.strip() if self.trim else m.content
-            out.append(Part(text=escape(text) if text else "", message=j, supervised=supervised))
-            gap = self.gap[(m.role, msgs[j + 1].role, j == 0)] if j + 1 < n else self.last[(m.role, n == 1, gen)]
-            out += self._gap_parts(gap, j, supervised, j + 1 if j + 1 < n else NO_MESSAGE)
-        esc = self.proto.escaper.ESCAPE_CHAR
-        return [Part(text=self.proto.escaper.unescape(p.text), message=p.message, supervised=p.supervised)
-                if p.text is not None and esc in p.text else p for p in out]
-
-    def _gap_parts(self, gap: str, before: int, supervised: bool, after: int) -> list[Part]:
-        """The fixed text between two contents as parts: up to its second control token it closes the message before
-        (supervised through the end-of-turn token when that message is a trained assistant turn), then it opens the next."""
-        key = (gap, before, supervised, after)
-        cached = self._parts_cache.get(key)
-        if cached is not None:
-            return cached  # shared Part objects: gap text is never escaped, so nothing downstream changes them
-        pieces = self._split_cache.get(gap)
-        if pieces is None:
-            pieces = [(kind, value) for kind, value, _ in self.proto._splitter.split(gap)]
-            controls = [i for i, (k, _) in enumerate(pieces) if k == "token"]
-            opens = controls[1] if len(controls) > 1 else len(pieces)  # the second control token opens the next message
-            eot = next((i for i in controls if pieces[i][1] == self.proto.end_of_turn), -1)
-            pieces = self._split_cache[gap] = [(k, v, i < opens, i <= eot) for i, (k, v) in enumerate(pieces)]
-        out = []
-        for kind, value, closes, in_turn in pieces:
-            owner = before if closes and before != NO_MESSAGE else after
-            sup = supervised and in_turn
-            out.append(Part(token=value, message=owner, supervised=sup) if kind == "token"
-                       else Part(text=value, message=owner, supervised=sup))
-        if len(self._parts_cache) < 65536:
-            self._parts_cache[key] = out
-        return out
-
-    def parse(self, s: str) -> list[tuple[str, str]] | None:
-        splitter = self.proto._splitter
-
-        def next_control(pos):
-            m = splitter.control_re.search(s, pos) if splitter.control_re else None
-            return m.start() if m else len(s)
-
-        def match_gap(pos, gap) -> int | None:
-            """Where the content starting at `pos` ends if `gap` follows it; None if it cannot."""
-            first = splitter.control_re.search(gap) if splitter.control_re else None
-            if first is None:
-                at = s.find(gap, pos)
-                return at if at >= 0 else None
-            lead = gap[: first.start()]
-            k = next_control(pos)
-            end = k - len(lead)
-            if end >= pos and s.startswith(gap, end):
-                return end
-            return None
-
-        def walk(pos, role, index, gen_used) -> list | None:
-            options = []
-            for (r, is_first, _gen), tail in self.last.items():
-                if r == role and is_first == (index == 0):
-                    end = match_gap(pos, tail) if tail else len(s)
-                    if end is not None and end + len(tail) == len(s):
-                        options.append([(role, s[pos:end])])
-            for (r, nxt, is_first), gap in self.gap.items():
-                if r == role and is_first == (index == 0) and gap:
-                    end = match_gap(pos, gap)
-                    if end is not None:
-                        rest = walk(end + len(gap), nxt, index + 1, gen_used)
-                        if rest is not None:
-                            options.append([(role, s[pos:end]), *rest])
-            return max(options, key=len) if options else None
-
-        for (role, _, _gen), head in sorted(self.first.items(), key=lambda kv: -len(kv[1])):
-            if s.startswith(head):  # the longest head first: a default system prompt is the template's, not a message
-                found = walk(len(head), role, 0, False)
-                if found is not None:
-                    return found
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------------- sources
@@ -454,14 +305,12 @@ def _config_info(path: Path, data: dict | None = None) -> dict:
 
 
 def from_template(source: str | Path, tokenizer: Tokenizer | str | Path | None = None, **kw) -> TemplateProtocol:
-    """An `hf` protocol from a template string, `.jinja` file, `tokenizer_config.json` or model directory."""
+    """An `hf` protocol from a template string, `.jinja` file, `tokenizer_config.json` or model directory. Without a
+    tokenizer (and not a model directory) it renders text only: `render_text` works, `render` says it needs one."""
     template, info = read_template_source(source)
-    if tokenizer is None:
-        if Path(str(source)).is_dir():
-            tokenizer = load_tokenizer(source)
-        else:
-            raise ValueError("from_template needs a tokenizer unless the source is a model directory")
-    tokenizer = load_tokenizer(tokenizer)
+    if tokenizer is None and Path(str(source)).is_dir():
+        tokenizer = source
+    tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else None
     kw.setdefault("control_tokens", info.get("control_tokens", []))
     kw.setdefault("bos_token", info.get("bos_token"))
     kw.setdefault("eos_token", info.get("eos_token"))

@@ -1,7 +1,8 @@
 """The token view: tiktokenizer for conversations, in the terminal (rich) and as a self-contained HTML page.
 
-Each token is shown as its text (whitespace made visible) with its id, coloured by the message it came from; supervised
-tokens (the ones the loss sees) are marked. Counts per conversation: tokens and supervised tokens.
+Each token is shown as its text (whitespace made visible) with its id, coloured by the message it came from (grey:
+template text that belongs to no message, message index -1: BOS, a default system prompt, the generation prompt);
+supervised tokens (the ones the loss sees) are marked. Counts per conversation: tokens and supervised tokens.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def to_rich(conv: Conversation, rendered: Rendered, protocol: Protocol, show_ids
     if show_ids:
         parts.append(Text(" ".join(str(i) for i in rendered.ids), style="dim"))
     title = (f"{conv.id} · {protocol.name}: {len(rendered.ids)} tokens, {rendered.num_supervised} supervised "
-             f"(bold underline) · {len(conv.messages)} messages")
+             f"(bold underline) · {len(conv.messages)} messages · grey: template")
     return Panel(Group(*parts), title=title, title_align="left")
 
 
@@ -76,13 +77,15 @@ def to_html(items: Iterable[tuple[Conversation, Rendered]], protocol: Protocol, 
         for tid, m, sup in zip(r.ids, r.message_index, r.mask, strict=True):
             piece = protocol.tokenizer.token_text(tid)
             color = PALETTE[m % len(PALETTE)] if m >= 0 else "#e5e5e5"
-            role = conv.messages[m].role if 0 <= m < len(conv.messages) else "—"
+            role = conv.messages[m].role if 0 <= m < len(conv.messages) else "template"
             cls = "t" + (" sup" if sup else "") + (" ctl" if piece in controls else "")
             tip = f"id {tid} · message {m} ({role}) · {'supervised' if sup else 'not supervised'}"
             spans.append(f'<span class="{cls}" style="background:{color}" title="{html.escape(tip)}" data-id="{tid}">'
                          f"{html.escape(visible(piece))}</span>")
         legend = "".join(f'<span style="background:{PALETTE[i % len(PALETTE)]}">{i}: {html.escape(m.role)}</span>'
                          for i, m in enumerate(conv.messages))
+        if any(m < 0 for m in r.message_index):
+            legend += '<span style="background:#e5e5e5">template (BOS, default system, prompt)</span>'
         blocks.append(
             f'<section class="conv"><div><b>{html.escape(conv.id)}</b></div>'
             f'<div class="counts">This conversation is <b>{len(r.ids)}</b> tokens; <b>{r.num_supervised}</b> supervised '

@@ -28,6 +28,8 @@ def _run(config: Path | None, **flags):
         raise typer.Exit(2) from None
     if result.out_dir is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
         Console().print(dumps_result(result), highlight=False, soft_wrap=True)
+    if result.check is not None and not result.check["ok"]:  # weights are written; the parity table said why
+        raise typer.Exit(1)
 
 
 COMMON = dict(
@@ -42,7 +44,7 @@ COMMON = dict(
     seed=typer.Option(None, "--seed"),
     batch_size=typer.Option(None, "--batch-size", help="Packed rows per micro-batch per process."),
     grad_accum=typer.Option(None, "--grad-accum"),
-    precision=typer.Option(None, "--precision", help="auto | bf16 | fp32"),
+    precision=typer.Option(None, "--precision", help="auto | bf16 | fp16 (CUDA, loss scaling) | fp32"),
     eval_every=typer.Option(None, "--eval-every"),
     save_every=typer.Option(None, "--save-every"),
     resume=typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),

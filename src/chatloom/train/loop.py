@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,13 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import protocols
+from ..check import check_exported
 from ..conversation import Rejects
 from ..conversation import load as load_conversations
 from ..protocols import ProtocolError
 from . import checkpoint as ckpt
 from . import sharding
-from .attention import restore_attention, use_training_attention
-from .config import TrainConfig
+from .attention import MASK_FREE, attention_name, restore_attention, use_training_attention
+from .collectives import all_max, all_sum, barrier, init_distributed
+from .config import TrainConfig, bf16_supported, resolve_device, resolve_precision  # noqa: F401 (bf16_supported: re-exported)
 from .data import (
     IGNORE,
     DataError,
@@ -57,6 +58,7 @@ class TrainResult:
     data: dict = field(default_factory=dict)
     skipped_steps: int = 0
     interrupted: bool = False
+    check: dict | None = None  # the parity check of the exported model (chatloom.check), when it ran
 
 
 class SupervisedLoss(nn.Module):
@@ -64,16 +66,21 @@ class SupervisedLoss(nn.Module):
     the vocabulary projection is the largest matmul, and SFT supervises a fraction of the tokens), fused with the loss
     in row chunks (`fused_loss.py`)."""
 
-    def __init__(self, model):
+    def __init__(self, model, dense: bool = False):
         super().__init__()
         self.model = model
+        self.dense = dense  # True: always the (B, 1, L, L) block-diagonal mask (the reference in tests)
 
     def forward(self, ids, positions, segments, targets):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        device = ids.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else \
-            base.get_input_embeddings().weight.dtype
-        hidden = base.get_decoder()(input_ids=ids, attention_mask=attention_mask(segments, dtype), position_ids=positions,
+        if not self.dense and attention_name(base) in MASK_FREE:
+            mask = None  # the attention reads the documents from the position ids (attention.py)
+        else:
+            device = ids.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else \
+                base.get_input_embeddings().weight.dtype
+            mask = attention_mask(segments, dtype)
+        hidden = base.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     use_cache=False).last_hidden_state
         supervised = targets != IGNORE
         head = base.get_output_embeddings()
@@ -87,15 +94,13 @@ def fusable(head) -> bool:
     return type(head) is nn.Linear and head.bias is None and type(head.weight) is nn.Parameter
 
 
-def bf16_supported(device: torch.device) -> bool:
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process so far: allocated CUDA memory on a GPU, resident set size (RSS) on the CPU."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
 
 
 def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
@@ -108,34 +113,6 @@ def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
         return min_ratio + (1 - min_ratio) * shape
     return f
-
-
-def init_distributed() -> tuple[int, int, int, bool]:
-    """(rank, world size, local rank, whether we created the process group) from torchrun's environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    created = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        created = True
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created
-    return 0, 1, 0, False
-
-
-def all_max(value: float) -> float:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def all_sum(values: list[float]) -> list[float]:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 def check_protocol(cfg: TrainConfig, proto) -> None:
@@ -162,15 +139,10 @@ class Run:
         self.rank, self.world, local_rank, self._created_group = init_distributed()
         self.main = self.rank == 0
         sharding.check(cfg.fsdp, self.world, cfg.lora)
-        if cfg.device == "auto":
-            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device, local_rank)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        if cfg.mode not in ("sft", "pretrain"):
-            raise ValueError(f"mode must be 'sft' or 'pretrain', not {cfg.mode!r}")
 
         self.model, tok = load_model(cfg.model, tokenizer=cfg.tokenizer, seed=cfg.seed)
         self.protocol = protocols.get(cfg.protocol, tok)
@@ -179,10 +151,15 @@ class Run:
         self.stats, self.val_stats = DataStats(), DataStats()
         self.shard, self.val_shard = self._load_data()
 
-        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if bf16_supported(self.device) else "fp32")
+        self.precision = resolve_precision(cfg.precision, self.device)
+        # fp16 overflows without loss scaling: the scaler multiplies the loss, unscales before clipping and skips a step
+        # whose gradient has an inf/NaN (counted in `overflow_steps`), lowering the scale
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.overflow_steps = 0
         self.model.to(self.device)
         self.raw_model = self.model
-        use_training_attention(self.raw_model)
+        use_training_attention(self.raw_model, self.device, self.precision)
+        self.attention = attention_name(self.raw_model)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
@@ -213,6 +190,8 @@ class Run:
                 state = ckpt.load_checkpoint(found, self.model, self.optimizer, self.scheduler)
                 self.step, self.skipped_steps = state["step"], state.get("skipped_steps", 0)
                 self.elapsed_before = state.get("elapsed", 0.0)
+                if self.scaler is not None and state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
         if self.world > 1 and not cfg.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -274,8 +253,8 @@ class Run:
         return chunks[self.rank * acc:(self.rank + 1) * acc]
 
     def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision in ("bf16", "fp16"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------------------------ one step
@@ -297,7 +276,8 @@ class Run:
             with (contextlib.nullcontext() if sync else self.loss_module.no_sync()):
                 with self.autocast():
                     part = self.loss_module(batch["ids"], batch["positions"], batch["segments"], batch["targets"])
-                (part * (self.world / count)).backward()
+                scaled = part * (self.world / count)
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += part.item()
         (loss_sum,) = all_sum([loss_sum])
         return {"skipped": False, "loss": loss_sum / count, "supervised_tokens": int(count), "tokens": int(tokens)}
@@ -349,10 +329,18 @@ class Run:
                     self.optimizer.zero_grad(set_to_none=True)
                 else:
                     params = [p for p in self.model.parameters() if p.requires_grad]
+                    if self.scaler is not None:
+                        self.scaler.unscale_(self.optimizer)
                     norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else \
                         torch.zeros(())
                     lr = self.scheduler.get_last_lr()[0]
-                    self.optimizer.step()
+                    if self.scaler is not None:
+                        scale = self.scaler.get_scale()
+                        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) on an inf/NaN gradient
+                        self.scaler.update()
+                        self.overflow_steps += int(self.scaler.get_scale() < scale)
+                    else:
+                        self.optimizer.step()
                     self.clock_step = self.total_steps * used
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -390,12 +378,16 @@ class Run:
         val = self.validation_loss()
         final = {"train_loss": last_loss, "val_loss": val, "steps": self.step, "skipped_steps": self.skipped_steps,
                  "seconds": round(seconds, 2), "stopped_by": "time" if out_of_time else "steps"}
+        if self.scaler is not None:
+            final["fp16_overflow_steps"] = self.overflow_steps
         if val is not None:
             metrics.log(step=self.step, val_loss=val)
         steps_rows = [r for r in metrics.rows if "supervised_tokens" in r]
         if steps_rows:
-            final["supervised_tok_s"] = round(sum(r["supervised_tokens"] for r in steps_rows) /
-                                              max(1e-9, sum(r["seconds"] for r in steps_rows)), 1)
+            busy = max(1e-9, sum(r["seconds"] for r in steps_rows))
+            final["supervised_tok_s"] = round(sum(r["supervised_tokens"] for r in steps_rows) / busy, 1)
+            final["tok_s"] = round(sum(r["tokens"] for r in steps_rows) / busy, 1)  # all processes, padding excluded
+        final["peak_memory_gb"] = round(all_max(peak_memory_gb(self.device)), 3)  # the largest of the processes
         result.final = final
         weights = sharding.full_model_state(self.model) if cfg.fsdp else None  # gathered from all processes
         restore_attention(self.raw_model)
@@ -403,7 +395,8 @@ class Run:
             export_model(self.model, self.protocol, self.out, state_dict=weights,
                          extra={"mode": cfg.mode, "base_model": cfg.model, "steps": self.step})
             plot_loss(metrics.rows, self.out / "loss.png", title=f"chatloom {cfg.mode}: {cfg.model}")
-            write_run_card(self.out, self._card(final, seconds))
+            result.check = check_exported(self.out, cfg.data if cfg.mode == "sft" else ()).as_dict()
+            write_run_card(self.out, {**self._card(final, seconds), "check": result.check})
         self._finish()
         return result
 
@@ -433,15 +426,16 @@ class Run:
         if self.main:
             ckpt.save_checkpoint(self.out, self.step, model_state, optimizer_state, self.scheduler,
                                  {"skipped_steps": self.skipped_steps,
-                                  "elapsed": self.elapsed_before + time.perf_counter() - started},
+                                  "elapsed": self.elapsed_before + time.perf_counter() - started,
+                                  "scaler": self.scaler.state_dict() if self.scaler is not None else None},
                                  keep=self.cfg.keep_checkpoints)
-        if dist.is_initialized():
-            dist.barrier()
+        barrier()
 
     def resolved(self) -> dict:
         return {**self.cfg.to_dict(), "resolved": {
             "total_steps": self.total_steps, "warmup_steps": self.warmup, "precision": self.precision,
             "world_size": self.world, "device": str(self.device), "rows_per_step": self.rows_per_step,
+            "attention": self.attention,
             "vocab_size": len(self.protocol.tokenizer), "added_embedding_rows": self.added_rows}}
 
     def _write_config(self) -> None:
@@ -464,7 +458,7 @@ class Run:
     def _finish(self) -> None:
         restore_attention(self.raw_model)
         if self._created_group and dist.is_initialized():
-            dist.barrier()
+            barrier()
             dist.destroy_process_group()
 
 
@@ -475,4 +469,5 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def dumps_result(result: TrainResult) -> str:
     return json.dumps({"out_dir": str(result.out_dir), "steps": result.steps, "final": result.final,
-                       "data": result.data, "skipped_steps": result.skipped_steps}, default=str)
+                       "data": result.data, "skipped_steps": result.skipped_steps,
+                       "check_ok": None if result.check is None else result.check["ok"]}, default=str)

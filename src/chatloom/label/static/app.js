@@ -25,7 +25,7 @@
       const span = document.createElement("span");
       span.className = "tok " + (message >= 0 ? "m" + (message % 6) : "mx") + (supervised ? " sup" : "");
       span.textContent = text.replace(/\n/g, "↵\n").replace(/\t/g, "⇥");
-      span.title = (supervised ? "supervised" : "not supervised") + " · message " + message;
+      span.title = (supervised ? "supervised" : "not supervised") + (message >= 0 ? " · message " + message : " · template text");
       tokensBox.appendChild(span);
     }
     const mine = data.per_message.length ? data.per_message[data.per_message.length - 1] : null;

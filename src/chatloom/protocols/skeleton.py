@@ -1,0 +1,160 @@
+"""The fast path of chat templates: the template as fixed strings between message contents (its "skeleton").
+
+Most templates put a fixed string between two message contents that depends only on the roles around it (and on
+whether the first message is involved, and on `add_generation_prompt` at the ends). Probing learns those strings by
+rendering conversations of several shapes with marker contents; the skeleton is kept only when it then reproduces
+the template exactly on other contents (whitespace, newlines, think tags) and shapes, either with the content as is or
+trimmed (`content | trim`). A conversation the skeleton covers is laid out without running Jinja, and the skeleton is
+also how `parse` reads ids back into messages.
+
+It uses the protocol's public `render_escaped` (Jinja rendering with control strings in messages escaped) and
+`escaper` only.
+"""
+
+from __future__ import annotations
+
+from ..conversation import Conversation, Message
+from .base import ProtocolError
+from .encoder import Layout
+from .jinja_env import TemplateError
+
+END = "$end"
+
+
+class Skeleton:
+    """The template as fixed strings between message contents, keyed by the roles around them (see module doc)."""
+
+    ROLES = ("system", "user", "assistant")
+    PROBE_TEXTS = ("P", " spaced out \n", "\nnew\nlines\n\n", "<think>x</think> y", "  ", "tab\there")
+
+    def __init__(self, proto, trim: bool = False):
+        self.proto = proto
+        self.trim = trim  # the template strips message content (`content | trim`), e.g. Llama 3
+        self.first: dict[tuple, str] = {}  # (first role, second role or END, gen) -> text before the first content
+        self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
+        self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
+
+    @classmethod
+    def learn(cls, proto) -> Skeleton | None:
+        return cls._learn(proto, trim=False) or cls._learn(proto, trim=True)
+
+    @classmethod
+    def _learn(cls, proto, trim: bool) -> Skeleton | None:
+        sk = cls(proto, trim)
+        shapes = [("user", "assistant"), ("system", "user", "assistant"), ("user", "assistant", "user", "assistant"),
+                  ("system", "user", "assistant", "user", "assistant", "user"), ("user",), ("system", "user"),
+                  ("user", "assistant", "user"), ("system", "user", "assistant", "user", "assistant")]
+        try:
+            for shape in shapes:
+                for gen in (False, True):
+                    if not sk._observe(shape, gen):
+                        return None
+            for k, shape in enumerate(shapes):  # verify on other contents: whitespace, newlines, think tags ...
+                for gen in (False, True):
+                    texts = [cls.PROBE_TEXTS[(k + j) % len(cls.PROBE_TEXTS)] + f"{j}" for j in range(len(shape))]
+                    conv = Conversation([Message(r, t) for r, t in zip(shape, texts, strict=True)])
+                    expected = proto.render_escaped(conv, gen)
+                    if sk._text(conv, gen) != expected:
+                        return None
+        except (TemplateError, KeyError, ProtocolError):
+            return None
+        return sk
+
+    def _observe(self, shape, gen) -> bool:
+        marks = [f"\u2063M{j}\u2063" for j in range(len(shape))]
+        conv = Conversation([Message(r, t) for r, t in zip(shape, marks, strict=True)])
+        text = self.proto.render_escaped(conv, gen)
+        pos, cuts = 0, []
+        for mark in marks:
+            at = text.find(mark, pos)
+            if at < 0 or text.count(mark) != 1:
+                return False
+            cuts.append((at, at + len(mark)))
+            pos = at + len(mark)
+        entries = [(self.first, (shape[0], shape[1] if len(shape) > 1 else END, gen), text[: cuts[0][0]])]
+        for j in range(len(shape) - 1):
+            entries.append((self.gap, (shape[j], shape[j + 1], j == 0), text[cuts[j][1]: cuts[j + 1][0]]))
+        entries.append((self.last, (shape[-1], len(shape) == 1, gen), text[cuts[-1][1]:]))
+        for table, key, value in entries:
+            if table.setdefault(key, value) != value:
+                return False
+        return True
+
+    def covers(self, conv: Conversation) -> bool:
+        if conv.tools:
+            return False
+        n = len(conv.messages)
+        for j, m in enumerate(conv.messages):
+            if m.role not in self.ROLES or m.tool_calls or m.name or m.tool_call_id:
+                return False
+            nxt = conv.messages[j + 1].role if j + 1 < n else END
+            if j == 0 and (m.role, nxt, False) not in self.first:
+                return False
+            if j + 1 < n and (m.role, nxt, j == 0) not in self.gap:
+                return False
+        return (conv.messages[-1].role, n == 1, False) in self.last
+
+    def _pieces(self, conv: Conversation, gen: bool) -> list[str]:
+        msgs = conv.messages
+        out = [self.first[(msgs[0].role, msgs[1].role if len(msgs) > 1 else END, gen)]]
+        for j, m in enumerate(msgs):
+            out.append(self.proto.escaper.escape(m.content.strip() if self.trim else m.content))
+            if j + 1 < len(msgs):
+                out.append(self.gap[(m.role, msgs[j + 1].role, j == 0)])
+        out.append(self.last[(msgs[-1].role, len(msgs) == 1, gen)])
+        return out
+
+    def _text(self, conv: Conversation, gen: bool) -> str:
+        return "".join(self._pieces(conv, gen))
+
+    def layout(self, conv: Conversation, gen: bool) -> Layout:
+        """The conversation as template gaps and contents (the encoder does the rest)."""
+        msgs, n = conv.messages, len(conv.messages)
+        gaps = [self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)]]
+        gaps += [self.gap[(msgs[j].role, msgs[j + 1].role, j == 0)] for j in range(n - 1)]
+        gaps.append(self.last[(msgs[-1].role, n == 1, gen)])
+        contents = [m.content.strip() if self.trim else m.content for m in msgs]
+        return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs])
+
+    def parse(self, s: str) -> list[tuple[str, str]] | None:
+        splitter = self.proto.escaper
+
+        def next_control(pos):
+            m = splitter.control_re.search(s, pos) if splitter.control_re else None
+            return m.start() if m else len(s)
+
+        def match_gap(pos, gap) -> int | None:
+            """Where the content starting at `pos` ends if `gap` follows it; None if it cannot."""
+            first = splitter.control_re.search(gap) if splitter.control_re else None
+            if first is None:
+                at = s.find(gap, pos)
+                return at if at >= 0 else None
+            lead = gap[: first.start()]
+            k = next_control(pos)
+            end = k - len(lead)
+            if end >= pos and s.startswith(gap, end):
+                return end
+            return None
+
+        def walk(pos, role, index, gen_used) -> list | None:
+            options = []
+            for (r, is_first, _gen), tail in self.last.items():
+                if r == role and is_first == (index == 0):
+                    end = match_gap(pos, tail) if tail else len(s)
+                    if end is not None and end + len(tail) == len(s):
+                        options.append([(role, s[pos:end])])
+            for (r, nxt, is_first), gap in self.gap.items():
+                if r == role and is_first == (index == 0) and gap:
+                    end = match_gap(pos, gap)
+                    if end is not None:
+                        rest = walk(end + len(gap), nxt, index + 1, gen_used)
+                        if rest is not None:
+                            options.append([(role, s[pos:end]), *rest])
+            return max(options, key=len) if options else None
+
+        for (role, _, _gen), head in sorted(self.first.items(), key=lambda kv: -len(kv[1])):
+            if s.startswith(head):  # the longest head first: a default system prompt is the template's, not a message
+                found = walk(len(head), role, 0, False)
+                if found is not None:
+                    return found
+        return None

@@ -1,0 +1,150 @@
+"""Per-document attention (no L x L mask) gives the loss and gradients of the dense block-diagonal mask, for any packing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatloom.train import attention
+from chatloom.train.attention import (
+    NAME,
+    bucket_length,
+    document_attention,
+    make_plan,
+    restore_attention,
+    use_training_attention,
+)
+from chatloom.train.data import IGNORE, attention_mask
+from chatloom.train.loop import SupervisedLoss
+from chatloom.train.models import build_model
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = build_model("tiny", VOCAB, seed=0)
+    assert use_training_attention(m) and m.config._attn_implementation == NAME
+    return m
+
+
+def packed_batch(doc_lengths: list[list[int]], length: int, seed: int):
+    """Rows of `length` tokens holding the given documents (then padding: one more run, unsupervised), as pack() makes
+    them: position ids restart per document, segment ids count documents (-1 = padding)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = len(doc_lengths)
+    ids = torch.randint(0, VOCAB, (rows, length), generator=g)
+    positions = torch.zeros(rows, length, dtype=torch.long)
+    segments = torch.full((rows, length), -1, dtype=torch.long)
+    targets = torch.full((rows, length), IGNORE, dtype=torch.long)
+    for r, docs in enumerate(doc_lengths):
+        at = 0
+        for s, n in enumerate(docs):
+            positions[r, at:at + n] = torch.arange(n)
+            segments[r, at:at + n] = s
+            targets[r, at:at + n - 1] = ids[r, at + 1:at + n]
+            at += n
+        positions[r, at:] = torch.arange(length - at)
+    return ids, positions, segments, targets
+
+
+def loss_and_grads(model, batch, dense, bf16=False):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = SupervisedLoss(model, dense=dense)(*batch)
+    loss.backward()
+    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def rows_strategy():
+    def fill(length):
+        return st.lists(st.integers(1, length), min_size=1, max_size=8).map(
+            lambda docs: [d for i, d in enumerate(docs) if sum(docs[:i + 1]) <= length] or [length])
+    return st.sampled_from([16, 48, 96]).flatmap(lambda length: st.tuples(st.just(length), st.lists(fill(length), min_size=1,
+                                                                                          max_size=3)))
+
+
+@pytest.mark.parametrize("path", ["buckets", "short-row mask"])
+@settings(max_examples=10, deadline=None)
+@given(shape=rows_strategy(), seed=st.integers(0, 2**16))
+def test_documents_equal_the_dense_mask_in_float32(model, path, shape, seed):
+    """Either path (the per-document buckets, or the short-row mask built from position ids) at any row length."""
+    length, docs = shape
+    batch = packed_batch(docs, length, seed)
+    saved = attention.DENSE_UP_TO
+    attention.DENSE_UP_TO = 0 if path == "buckets" else 10**9
+    try:
+        plan = attention.make_plan(batch[1])
+        assert plan.whole_rows or (plan.runs is None) == (path == "buckets")
+        ours = loss_and_grads(model, batch, dense=False)
+    finally:
+        attention.DENSE_UP_TO = saved
+    dense = loss_and_grads(model, batch, dense=True)
+    torch.testing.assert_close(ours[0], dense[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[1], dense[1], rtol=1e-5, atol=1e-5)
+
+
+def test_long_row_of_short_documents_under_bf16_matches_the_dense_mask(model):
+    assert attention.DENSE_UP_TO < 2000  # this row goes through the buckets
+    rng = np.random.default_rng(0)
+    docs = [[int(n) for n in rng.integers(5, 120, 30)]]
+    length = sum(docs[0]) + 37
+    batch = packed_batch(docs, length, 1)
+    exact = loss_and_grads(model, batch, dense=True)
+    dense = loss_and_grads(model, batch, dense=True, bf16=True)
+    ours = loss_and_grads(model, batch, dense=False, bf16=True)
+    assert abs(ours[0] - dense[0]) <= 2e-2 * abs(exact[0])  # both: bf16 matmuls, float32 attention core
+    assert abs(ours[0] - exact[0]) <= abs(dense[0] - exact[0]) * 1.5 + 1e-2 * abs(exact[0])
+
+
+def test_plan_partitions_the_tokens_into_buckets_of_bounded_padding(monkeypatch):
+    monkeypatch.setattr(attention, "DENSE_UP_TO", 0)
+    positions = torch.cat([torch.arange(n) for n in (5, 40, 17, 3, 1, 64)]).view(1, -1)
+    plan = make_plan(positions.repeat(2, 1))
+    slots = sum(b.gather.numel() for b in plan.buckets)
+    source = plan.source.tolist()
+    assert len(set(source)) == len(source) == 2 * positions.shape[1] and max(source) < slots  # one slot per token
+    gathered = torch.cat([b.gather.reshape(-1) for b in plan.buckets])
+    assert torch.equal(gathered[plan.source], torch.arange(len(source)))  # each token's slot reads that token
+    runs = sum(int(b.gather.shape[0]) for b in plan.buckets)
+    assert runs == 12
+    for n in range(1, 5000):
+        size = bucket_length(n)
+        assert n <= size <= max(16, 1.5 * n)
+    whole = make_plan(torch.arange(32).repeat(3, 1))  # one run per row: no gather at all
+    assert whole.whole_rows and not whole.buckets
+
+
+@pytest.mark.parametrize("window", [None, 3, 50])
+@pytest.mark.parametrize("dense_up_to", [0, 10**9])
+def test_document_attention_with_gqa_and_sliding_window_equals_a_masked_reference(window, dense_up_to, monkeypatch):
+    monkeypatch.setattr(attention, "DENSE_UP_TO", dense_up_to)
+    g = torch.Generator().manual_seed(2)
+    docs = [[7, 30, 2], [39]]
+    length = 40
+    _, positions, segments, _ = packed_batch(docs, length, 0)
+    q = torch.randn(2, 4, length, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, length, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    got = document_attention(q, k, v, positions, scale=0.3, window=window)
+    allowed = attention_mask(segments)
+    if window:
+        i = torch.arange(length)
+        allowed = allowed & ((i[:, None] - i[None, :]) < window)
+    want = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=allowed,
+                                          scale=0.3).transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_generation_with_a_cache_falls_back_to_sdpa(model):
+    """A cached decode step (query shorter than the keys) is not a packed row: plain SDPA, the same tokens."""
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        ours = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        restore_attention(model)
+        plain = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        use_training_attention(model)
+    assert torch.equal(ours, plain)
