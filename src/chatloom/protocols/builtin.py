@@ -49,7 +49,8 @@ def split_tool_calls(text: str) -> tuple[str, list[dict] | None]:
 
 
 class TurnProtocol(Protocol):
-    """A format where every message is `header(role) + content + footer`."""
+    """A format where every message is `header(role) + content + footer`; an assistant message with reasoning is
+    `header + "<think>\\n" + reasoning + "\\n</think>\\n\\n" + content + footer` (see the module doc)."""
 
     begin: str = ""
     header: str = ""
