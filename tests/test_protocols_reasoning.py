@@ -267,3 +267,38 @@ def test_cli_no_train_reasoning_flag(monkeypatch):
         assert "stub: not training" in result.output, result.output
         assert seen["cfg"].train_reasoning is want
     assert json.loads(json.dumps(seen["cfg"].to_dict()))["train_reasoning"] is True
+
+
+hub_text = st.lists(st.one_of(st.sampled_from([" ", "\n", "\n\n", "\t", "🤖", "👨‍👩‍👧", "漢字", "e\u0301", "שלום", "x", "Hello",
+                                               "don't", "3.14"]), st.text(alphabet=st.characters(blacklist_categories=["Cs"]),
+                                                                        max_size=5)),
+                    min_size=1, max_size=5).map("".join).filter(lambda s: "<" not in s and s.strip() != "")
+_QWEN = {}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(reasoning=hub_text, content=hub_text)
+def test_qwen3_reasoning_property(reasoning, content):
+    """Qwen3's own template on random reasoning: ids equal transformers'; the mask is exactly the tokens that contain a
+    byte of the reasoning or the reply as the template renders them (`<think>\\n` + reasoning.strip('\\n') + ...), plus
+    the end-of-turn token."""
+    p = _QWEN.setdefault("p", qwen3(QWEN3))
+    conv = Conversation([Message("user", "Q?"), Message("assistant", content, reasoning_content=reasoning)])
+    text, ids = reference(p, conv)
+    r = p.render(conv)
+    assert r.ids == ids
+    head = "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    shown_reasoning, shown_content = reasoning.strip("\n"), content.lstrip("\n")
+    assert text == head + shown_reasoning + "\n</think>\n\n" + shown_content + "<|im_end|>\n"
+    r_start = len(head.encode())
+    r_end = r_start + len(shown_reasoning.encode())
+    c_start = r_end + len("\n</think>\n\n")
+    c_end = c_start + len(shown_content.encode())
+    pieces = [p.tokenizer.token_bytes(i) for i in r.ids]
+    expected, pos = [], 0
+    for b in pieces:
+        expected.append(int(any(pos < e and pos + len(b) > s for s, e in ((r_start, r_end), (c_start, c_end)) if e > s)))
+        pos += len(b)
+    expected[len(r.ids) - 2] = 1  # <|im_end|> before the final newline
+    assert r.ids[len(r.ids) - 2] == p.end_of_turn_id
+    assert r.mask == expected
