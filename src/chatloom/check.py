@@ -184,12 +184,13 @@ def strip_typed(conv: Conversation, strings: Sequence[str]) -> Conversation:
             s = s.replace(t, "")
         return s or "."
 
-    return Conversation([Message(m.role, clean(m.content), m.train, m.tool_calls, m.tool_call_id, m.name)
+    return Conversation([Message(m.role, clean(m.content), m.train, m.tool_calls, m.tool_call_id, m.name,
+                                 None if m.reasoning_content is None else clean(m.reasoning_content))
                          for m in conv.messages], tools=conv.tools)
 
 
 def has_typed(conv: Conversation, strings: Sequence[str]) -> bool:
-    return any(t in m.content for m in conv.messages for t in strings)
+    return any(t in m.content or t in (m.reasoning_content or "") for m in conv.messages for t in strings)
 
 
 def load_data(data: str | Path | Sequence[str | Path], limit: int = DEFAULT_LIMIT) -> list[Conversation]:

@@ -45,6 +45,7 @@ class Message:
     tool_calls: list[dict] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    reasoning_content: str | None = None  # an assistant's reasoning (rendered as the template does, e.g. <think>)
 
     @classmethod
     def from_dict(cls, d: Any, index: int = 0) -> Message:
@@ -84,20 +85,27 @@ class Message:
         for key in ("tool_call_id", "name"):
             if d.get(key) is not None and not isinstance(d[key], str):
                 raise ValidationError("must be a string", field=f"{where}.{key}")
-        return cls(role, content, train, tool_calls or None, d.get("tool_call_id"), d.get("name"))
+        reasoning = d.get("reasoning_content")
+        if reasoning is not None:
+            if not isinstance(reasoning, str):
+                raise ValidationError(f"must be a string, got {type(reasoning).__name__}", field=f"{where}.reasoning_content")
+            if role != "assistant":
+                raise ValidationError("only assistant messages have reasoning", field=f"{where}.reasoning_content")
+        return cls(role, content, train, tool_calls or None, d.get("tool_call_id"), d.get("name"), reasoning)
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"role": self.role, "content": self.content}
         if not self.train:
             d["train"] = False
-        for key in ("tool_calls", "tool_call_id", "name"):
+        for key in ("tool_calls", "tool_call_id", "name", "reasoning_content"):  # absent keys stay absent: ids unchanged
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         return d
 
     def same_text(self, other: Message) -> bool:
-        """Equal as the protocol sees it (role, content, tool calls); `train` lives in the mask, not the tokens."""
-        return (self.role, self.content, self.tool_calls) == (other.role, other.content, other.tool_calls)
+        """Equal as the protocol sees it (role, content, tool calls, reasoning); `train` lives in the mask."""
+        return ((self.role, self.content, self.tool_calls, self.reasoning_content)
+                == (other.role, other.content, other.tool_calls, other.reasoning_content))
 
 
 def content_id(messages: list[Message]) -> str:
@@ -291,19 +299,21 @@ def parquet_schema():
     global PARQUET_SCHEMA
     if PARQUET_SCHEMA is None:
         message = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_()),
-                             ("tool_calls", pa.string()), ("tool_call_id", pa.string()), ("name", pa.string())])
+                             ("tool_calls", pa.string()), ("tool_call_id", pa.string()), ("name", pa.string()),
+                             ("reasoning_content", pa.string())])
         PARQUET_SCHEMA = pa.schema([("id", pa.string()), ("messages", pa.list_(message)), ("meta", pa.string()),
                                     ("tools", pa.string())])
     return PARQUET_SCHEMA
 
 
 def to_parquet_row(c: Conversation) -> dict:
-    """Parquet columns: id, messages (list of structs), meta and tools as JSON text (free-form)."""
+    """Parquet columns: id, messages (list of structs; `reasoning_content` nullable), meta and tools as JSON text (free-form)."""
     return {
         "id": c.id,
         "messages": [{"role": m.role, "content": m.content, "train": m.train,
                       "tool_calls": json.dumps(m.tool_calls, ensure_ascii=False) if m.tool_calls else None,
-                      "tool_call_id": m.tool_call_id, "name": m.name} for m in c.messages],
+                      "tool_call_id": m.tool_call_id, "name": m.name, "reasoning_content": m.reasoning_content}
+                     for m in c.messages],
         "meta": json.dumps(c.meta, ensure_ascii=False, sort_keys=True) if c.meta else None,
         "tools": json.dumps(c.tools, ensure_ascii=False) if c.tools else None,
     }

@@ -72,6 +72,7 @@ class Protocol:
     control_tokens: tuple[str, ...] = ()
     end_of_turn: str = ""
     bos_tokens: tuple[str, ...] = ()  # tokens that, leading a conversation, start the document (message index -1)
+    train_reasoning: bool = True  # supervise assistant `reasoning_content` (off: its tokens stay in ids, not in the mask)
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer

@@ -4,6 +4,11 @@ Each format is a header (with `{role}`), a footer whose first token ends the tur
 the start. From that declaration come the layout (what the encoder turns into ids and mask), the parser (a regex over the escaped string)
 and a Jinja chat template equal to the protocol, which an exported model directory carries so that transformers, vLLM
 and llama.cpp apply the same format.
+
+Reasoning: an assistant message's `reasoning_content` is rendered before its content as
+`<think>\\n{reasoning}\\n</think>\\n\\n{content}` (the Qwen3 / DeepSeek-R1 convention), in every built-in format, and
+parsed back from a reply that starts with such a block. The reasoning is a content of its own in the layout (supervised
+unless `train_reasoning` is off); `<think>\\n` and `\\n</think>\\n\\n` are template text (not supervised).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from .encoder import Layout
 from .escape import Escaper
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "\n<tool_call>\n", "\n</tool_call>"
+THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
+_THINK = re.compile(re.escape(THINK_OPEN) + "(.*?)" + re.escape(THINK_CLOSE), re.S)
 _TOOL_CALLS_AT_END = re.compile(r"((?:\n<tool_call>\n.*?\n</tool_call>)+)\Z", re.S)
 
 
@@ -42,7 +49,8 @@ def split_tool_calls(text: str) -> tuple[str, list[dict] | None]:
 
 
 class TurnProtocol(Protocol):
-    """A format where every message is `header(role) + content + footer`."""
+    """A format where every message is `header(role) + content + footer`; an assistant message with reasoning is
+    `header + "<think>\\n" + reasoning + "\\n</think>\\n\\n" + content + footer` (see the module doc)."""
 
     begin: str = ""
     header: str = ""
@@ -62,11 +70,30 @@ class TurnProtocol(Protocol):
     def layout(self, conv: Conversation, add_generation_prompt: bool = False) -> Layout:
         msgs = conv.messages
         heads = self._heads
-        gaps = [self.begin + heads[msgs[0].role]]
-        gaps += [self.footer + heads[m.role] for m in msgs[1:]]
+        if not any(m.reasoning_content is not None for m in msgs):
+            gaps = [self.begin + heads[msgs[0].role]]
+            gaps += [self.footer + heads[m.role] for m in msgs[1:]]
+            gaps.append(self.footer + (heads["assistant"] if add_generation_prompt else ""))
+            contents = [assistant_text(m) if m.role == "assistant" else m.content for m in msgs]
+            return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs])
+        gaps, contents, trained, owners = [], [], [], []
+        lead = self.begin
+        for i, m in enumerate(msgs):
+            sup = m.role == "assistant" and m.train
+            lead += heads[m.role]
+            if m.reasoning_content is not None:  # reasoning: its own content, then the close tag as template text
+                gaps.append(lead + THINK_OPEN)
+                contents.append(m.reasoning_content)
+                trained.append(sup and self.train_reasoning)
+                owners.append(i)
+                lead = THINK_CLOSE
+            gaps.append(lead)
+            contents.append(assistant_text(m) if m.role == "assistant" else m.content)
+            trained.append(sup)
+            owners.append(i)
+            lead = self.footer
         gaps.append(self.footer + (heads["assistant"] if add_generation_prompt else ""))
-        contents = [assistant_text(m) if m.role == "assistant" else m.content for m in msgs]
-        return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs])
+        return Layout(gaps, contents, trained, owners=owners)
 
     def parse(self, ids: Sequence[int]) -> Conversation:
         s = "".join(v if k == "token" else self.escaper.escape(v) for k, v in self.split_control(ids))
@@ -81,10 +108,13 @@ class TurnProtocol(Protocol):
             if not m:
                 raise ProtocolError(f"{self.name}: malformed sequence at character {pos}: {self.escaper.unescape(s[pos:pos + 60])!r}")
             role, content = m.group(1), self.escaper.unescape(m.group(2))
-            tool_calls = None
+            tool_calls = reasoning = None
             if role == "assistant":
+                think = _THINK.match(content)
+                if think:
+                    reasoning, content = think.group(1), content[think.end():]
                 content, tool_calls = split_tool_calls(content)
-            messages.append(Message(role, content, tool_calls=tool_calls))
+            messages.append(Message(role, content, tool_calls=tool_calls, reasoning_content=reasoning))
             pos = m.end()
         if not messages:
             raise ProtocolError(f"{self.name}: no messages in the sequence")
@@ -102,6 +132,8 @@ class TurnProtocol(Protocol):
             (f"{{{{ {q(self.begin)} }}}}" if self.begin else "")
             + "{% for message in messages %}"
             + f"{{{{ {q(head)} + message['role'] + {q(tail)} }}}}"
+            + "{% if message['role'] == 'assistant' and message.get('reasoning_content') is not none %}"
+            + f"{{{{ {q(THINK_OPEN)} + message['reasoning_content'] + {q(THINK_CLOSE)} }}}}{{% endif %}}"
             + "{% if message['content'] is string %}{{ message['content'] }}{% endif %}"
             + "{% if message['role'] == 'assistant' and message.get('tool_calls') %}{% for call in message['tool_calls'] %}"
             + f"{{{{ {q(TOOL_CALL_OPEN)} + (call | tojson) + {q(TOOL_CALL_CLOSE)} }}}}"

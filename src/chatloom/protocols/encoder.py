@@ -17,8 +17,12 @@ user\\n`). Text in a gap without an end-of-turn token opens the next message. Th
 what it closes (a template's default system turn) and a leading BOS token belong to no message (index -1), as does
 what the last gap opens (the generation prompt).
 
-**Which tokens are supervised.** A token is supervised iff it contains a byte of a supervised character: the content of
-an assistant message with `train` true, plus, for one that carries tool calls, the template text between its content
+**Reasoning.** An assistant message with `reasoning_content` is two contents of the same message in the layout (its
+reasoning, then its reply, with the template text between them, e.g. `\\n</think>\\n\\n`, as a gap that belongs to that
+message); the reasoning content has its own supervised flag (`Protocol.train_reasoning`).
+
+**Which tokens are supervised.** A token is supervised iff it contains a byte of a supervised character: the content
+(and reasoning, unless turned off) of an assistant message with `train` true, plus, for one that carries tool calls, the template text between its content
 and the end-of-turn token (where templates render the calls). The end-of-turn token that closes a trained assistant
 message is supervised. Nothing else: not headers, not template whitespace, not BOS. A token in a run of text belongs to
 the message of its first character, unless it is supervised: then to the supervised message.
@@ -53,6 +57,11 @@ class Layout:
     contents: list[str]
     trained: list[bool]
     extends: list[bool] | None = None
+    owners: list[int] | None = None  # message index of each content (default: content j is message j); an
+    # assistant message with reasoning has two contents, its reasoning then its reply, with the gap between them
+
+    def owner(self, j: int) -> int:
+        return self.owners[j] if self.owners is not None else j
 
 
 _NO, _EOT, _EXT = 0, 1, 2  # supervision codes of gap pieces: never, the end-of-turn token, closing text of a tool-call turn
@@ -152,13 +161,15 @@ class Encoder:
             g = self.compile(layout.gaps[j], j == 0, j == n)
             before, after = j - 1, (j if j < n else NO_MESSAGE)
             trained = before >= 0 and layout.trained[before]
+            m_before = layout.owner(before) if before >= 0 else NO_MESSAGE
+            m_after = layout.owner(after) if after >= 0 else NO_MESSAGE
             for kind, value, closes, code in g.pieces:
                 sup = trained and (code == _EOT or (code == _EXT and ext[before]))
-                owner = before if closes else after
+                owner = m_before if closes else m_after
                 out.append(Part(token=value, message=owner, supervised=sup) if kind == "token"
                            else Part(text=value, message=owner, supervised=sup))
             if j < n:
-                out.append(Part(text=layout.contents[j], message=j, supervised=layout.trained[j]))
+                out.append(Part(text=layout.contents[j], message=layout.owner(j), supervised=layout.trained[j]))
         return out
 
     def text(self, layout: Layout) -> str:
@@ -182,6 +193,7 @@ class Encoder:
             n = len(layout.contents)
             trained = layout.trained
             ext = layout.extends
+            own = layout.owners
             plan: list = []
             run: list[tuple[str, int, bool]] = []
             for j in range(n + 1):
@@ -189,18 +201,23 @@ class Encoder:
                 before, after = j - 1, (j if j < n else NO_MESSAGE)
                 t_before = before >= 0 and trained[before]
                 e_before = t_before and ext is not None and ext[before]
+                if own is not None:  # contents -> messages (reasoning and reply of one message are two contents)
+                    m_before = own[before] if before >= 0 else NO_MESSAGE
+                    m_after = own[after] if after >= 0 else NO_MESSAGE
+                else:
+                    m_before, m_after = before, after
                 if g.lead:
-                    run.append((g.lead, before if g.lead_closes else after, e_before and g.lead_ext))
+                    run.append((g.lead, m_before if g.lead_closes else m_after, e_before and g.lead_ext))
                 if g.has_controls:
                     if run:
                         self._plan_run(run, plan, whole, multi, can_split, short)
                         run = []
                     mask = (g.mask_ext if e_before else g.mask_eot) if t_before else g.zeros
-                    plan.append((g, before, after, mask))
+                    plan.append((g, m_before, m_after, mask))
                     if g.trail:
-                        run.append((g.trail, before if g.trail_closes else after, False))
+                        run.append((g.trail, m_before if g.trail_closes else m_after, False))
                 if j < n:
-                    run.append((layout.contents[j], j, trained[j]))
+                    run.append((layout.contents[j], m_after, trained[j]))
             if run:
                 self._plan_run(run, plan, whole, multi, can_split, short)
             plans.append(plan)

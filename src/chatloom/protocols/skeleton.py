@@ -85,7 +85,7 @@ class Skeleton:
             return False
         n = len(conv.messages)
         for j, m in enumerate(conv.messages):
-            if m.role not in self.ROLES or m.tool_calls or m.name or m.tool_call_id:
+            if m.role not in self.ROLES or m.tool_calls or m.name or m.tool_call_id or m.reasoning_content is not None:
                 return False
             nxt = conv.messages[j + 1].role if j + 1 < n else END
             if j == 0 and (m.role, nxt, False) not in self.first:

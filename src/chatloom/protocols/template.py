@@ -9,6 +9,11 @@ message's content is found in the output and the text between contents becomes t
 off. For a conversation without injected control text the ids equal `tokenizer.apply_chat_template(..., tokenize=True)`;
 with injected text they stay plain text.
 
+Reasoning: an assistant message's `reasoning_content` is passed to the template as the message's `reasoning_content`
+(as transformers does); where the template renders it (Qwen3: inside `<think>`), it is a content of its own in the
+layout, supervised unless `train_reasoning` is off. A template that drops it (Qwen3 for turns before the last user
+query) drops it from the ids too.
+
 Mask: assistant content plus the end-of-turn token that closes it (no `{% generation %}` markers needed); the
 end-of-turn token is the first control token the template places after an assistant reply (`<|im_end|>`, `</s>`,
 `<end_of_turn>` ... when the tokenizer has it). A template whose turns end in no control token still renders text;
@@ -109,8 +114,9 @@ class TemplateProtocol(Protocol):
         message text escaped, so that the control tokens in the result are exactly the ones the template placed."""
         msgs = message_dicts(conv if messages is None else messages)
         for m in msgs:
-            if isinstance(m.get("content"), str):
-                m["content"] = self.escaper.escape(m["content"])
+            for key in ("content", "reasoning_content"):
+                if isinstance(m.get(key), str):
+                    m[key] = self.escaper.escape(m[key])
         context = dict(self.template_vars)
         if isinstance(conv, Conversation) and conv.tools:
             context["tools"] = conv.tools
@@ -159,7 +165,30 @@ class TemplateProtocol(Protocol):
                 spans[i] = None
         cursor = 0
         cuts: list[tuple[int, int]] = []
+        owners: list[int] = []
+        trained: list[bool] = []
+        extends: list[bool] = []
         for i, m in enumerate(msgs):
+            if m.role == "assistant" and m.reasoning_content:  # where the template renders it (Qwen3: in <think>)
+                limit = spans[i][0] if spans[i] is not None and spans[i][0] >= cursor else -1
+                if limit < 0:  # before the end of this turn (not the end of the previous one, right at the cursor)
+                    skip = cursor + len(full[cursor:]) - len(full[cursor:].lstrip())
+                    from_ = skip + len(self.end_of_turn) if full.startswith(self.end_of_turn, skip) else cursor
+                    limit = full.find(self.end_of_turn, from_)
+                # templates strip the newlines around reasoning (Qwen3: `<think>\n` + reasoning.strip('\n') + ...):
+                # those are the template's, so the reasoning as rendered is looked for without them first
+                r_at, r_text = _locate(full, escape(m.reasoning_content.strip("\n")), cursor)
+                if r_at < 0:
+                    r_at, r_text = _locate(full, escape(m.reasoning_content), cursor)
+                if r_at >= 0 and r_text and (limit < 0 or r_at + len(r_text) <= limit):
+                    cuts.append((r_at, r_at + len(r_text)))
+                    owners.append(i)
+                    trained.append(m.train and self.train_reasoning)
+                    extends.append(False)
+                    cursor = r_at + len(r_text)
+            owners.append(i)
+            trained.append(m.role == "assistant" and m.train)
+            extends.append(m.role == "assistant" and bool(m.tool_calls))
             target = escape(m.content)
             found = spans[i]
             if found is not None and found[0] >= cursor:
@@ -190,8 +219,7 @@ class TemplateProtocol(Protocol):
         gaps.append(full[cuts[-1][1]:])
         unescape = self.escaper.unescape
         contents = [unescape(full[a:b]) for a, b in cuts]
-        return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs],
-                      [m.role == "assistant" and bool(m.tool_calls) for m in msgs])
+        return Layout(gaps, contents, trained, extends, owners if len(owners) > len(msgs) else None)
 
     _SENTINEL = "\u2063\u2062S\u2062\u2063"
 

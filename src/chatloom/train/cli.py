@@ -19,7 +19,8 @@ def _run(config: Path | None, **flags):
     from .loop import Run, dumps_result
     from .models import ModelNotFound
 
-    flags = {k: v for k, v in flags.items() if v is not None and v != [] and v is not False}
+    keep_false = ("train_reasoning",)  # flags whose False is an explicit choice (the default is True)
+    flags = {k: v for k, v in flags.items() if v is not None and v != [] and (v is not False or k in keep_false)}
     try:
         cfg = TrainConfig.from_yaml(config, **flags) if config else TrainConfig(**flags)
         result = Run(cfg).fit()
@@ -71,13 +72,15 @@ def sft(model: str = typer.Option(None, "--model", "-m", help="Named config (tin
         precision: str = COMMON["precision"], eval_every: int = COMMON["eval_every"],
         save_every: int = COMMON["save_every"], resume: bool = COMMON["resume"], lora: bool = COMMON["lora"],
         gradient_checkpointing: bool = COMMON["gradient_checkpointing"], compile: bool = COMMON["compile"],
-        fsdp: bool = COMMON["fsdp"], tokenizer: str = COMMON["tokenizer"], config: Path = COMMON["config"]):
-    """Supervised fine-tuning on conversations (loss on assistant turns + their end-of-turn token)."""
+        fsdp: bool = COMMON["fsdp"], tokenizer: str = COMMON["tokenizer"], config: Path = COMMON["config"],
+        no_train_reasoning: bool = typer.Option(False, "--no-train-reasoning", help="Keep assistant reasoning_content "
+                                                "in the ids but out of the loss mask (default: supervised).")):
+    """Supervised fine-tuning on conversations (loss on assistant turns, their reasoning, and their end-of-turn token)."""
     _run(config, mode="sft", model=model, data=data, text=text, protocol=protocol, on_error=on_error,
          out=str(out) if out else None, val=val, max_steps=max_steps, max_seconds=max_seconds, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed,
          batch_size=batch_size, grad_accum=grad_accum, precision=precision, eval_every=eval_every,
          save_every=save_every, resume=resume, lora=lora, gradient_checkpointing=gradient_checkpointing,
-         compile=compile, fsdp=fsdp, tokenizer=tokenizer)
+         compile=compile, fsdp=fsdp, tokenizer=tokenizer, train_reasoning=False if no_train_reasoning else None)
 
 
 @app.command()

@@ -63,6 +63,7 @@ class TrainConfig:
     fsdp: bool = False  # under torchrun (2+ processes): shard parameters, gradients and optimizer state (FSDP2)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True
+    train_reasoning: bool = True  # sft: supervise assistant reasoning_content (off: in the ids, not in the mask)
     on_error: str = "fail"  # bad conversation records: fail | skip (counted, written to out/rejects.jsonl)
     interrupt_after: int = 0  # testing: stop after this many steps as if the process was killed
 
@@ -104,7 +105,7 @@ INTS = {"max_steps": (0, None), "seq_len": (2, None), "batch_size": (1, None), "
 FLOATS = {"max_seconds": (0.0, None, True), "epochs": (0.0, None, False), "lr": (0.0, None, False),
           "min_lr_ratio": (0.0, 1.0, True), "weight_decay": (0.0, None, True), "beta1": (0.0, 1.0, True),
           "beta2": (0.0, 1.0, True), "max_grad_norm": (0.0, None, True)}
-BOOLS = ("resume", "lora", "gradient_checkpointing", "compile", "fsdp", "progress")
+BOOLS = ("resume", "lora", "gradient_checkpointing", "compile", "fsdp", "progress", "train_reasoning")
 CHOICES = {"mode": MODES, "schedule": SCHEDULES, "precision": PRECISIONS, "on_error": ON_ERROR}
 PATH_LISTS = ("data", "val", "text")
 

@@ -45,6 +45,9 @@ class DataStats:
     supervised_tokens: int = 0
     rows: int = 0
     row_tokens: int = 0
+    reasoning_conversations: int = 0  # examples with assistant reasoning_content
+    reasoning_tokens: int = 0  # tokens of trained assistant reasoning (in the ids whether supervised or not)
+    reasoning_supervised_tokens: int = 0  # of those, supervised (0 with train_reasoning off)
     skipped_ids: list = field(default_factory=list)
 
     @property
@@ -59,7 +62,9 @@ class DataStats:
         return {"examples": self.examples, "skipped_no_supervised": self.skipped_no_supervised,
                 "truncated": self.truncated, "tokens": self.tokens, "supervised_tokens": self.supervised_tokens,
                 "rows": self.rows, "padding_waste": round(self.padding_waste, 4),
-                "supervised_fraction": round(self.supervised_fraction, 4), "skipped_ids": self.skipped_ids[:20]}
+                "supervised_fraction": round(self.supervised_fraction, 4),
+                "reasoning_conversations": self.reasoning_conversations, "reasoning_tokens": self.reasoning_tokens,
+                "reasoning_supervised_tokens": self.reasoning_supervised_tokens, "skipped_ids": self.skipped_ids[:20]}
 
 
 def shift_targets(ids: Sequence[int], mask: Sequence[int]) -> list[int]:
@@ -84,7 +89,8 @@ def conversation_examples(convs: Sequence, protocol, seq_len: int, stats: DataSt
     in `stats.skipped_no_supervised` (with their ids) and left out."""
     stats = stats if stats is not None else DataStats()
     out = []
-    for conv, r in zip(convs, protocol.render_batch(convs), strict=True):
+    reasoning_masks = _reasoning_masks(convs, protocol)
+    for k, (conv, r) in enumerate(zip(convs, protocol.render_batch(convs), strict=True)):
         ids, mask = truncate(list(r.ids), list(r.mask), seq_len)
         if len(ids) < len(r.ids):
             stats.truncated += 1
@@ -97,8 +103,29 @@ def conversation_examples(convs: Sequence, protocol, seq_len: int, stats: DataSt
         stats.examples += 1
         stats.tokens += len(ids)
         stats.supervised_tokens += n
+        if k in reasoning_masks:  # reasoning tokens: the ones whose supervision follows train_reasoning
+            other = reasoning_masks[k]
+            n_r = sum(1 for a, b in zip(mask, other[: len(mask)], strict=False) if a != b)
+            stats.reasoning_conversations += 1
+            stats.reasoning_tokens += n_r
+            stats.reasoning_supervised_tokens += n_r if getattr(protocol, "train_reasoning", True) else 0
         out.append(ex)
     return out
+
+
+def _reasoning_masks(convs: Sequence, protocol) -> dict[int, list[int]]:
+    """For conversations with reasoning: their mask rendered with `train_reasoning` flipped (to count reasoning tokens
+    from the one encoder, without a second definition of where reasoning is)."""
+    todo = [k for k, c in enumerate(convs) if any(getattr(m, "reasoning_content", None) for m in c.messages)]
+    if not todo or not hasattr(protocol, "train_reasoning"):
+        return {}
+    flag = protocol.train_reasoning
+    protocol.train_reasoning = not flag
+    try:
+        rendered = protocol.render_batch([convs[k] for k in todo])
+    finally:
+        protocol.train_reasoning = flag
+    return {k: r.mask for k, r in zip(todo, rendered, strict=True)}
 
 
 def document_examples(texts: Iterable[str], tokenizer, seq_len: int, stats: DataStats | None = None) -> list[Example]:

@@ -146,6 +146,7 @@ class Run:
 
         self.model, tok = load_model(cfg.model, tokenizer=cfg.tokenizer, seed=cfg.seed)
         self.protocol = protocols.get(cfg.protocol, tok)
+        self.protocol.train_reasoning = cfg.train_reasoning
         check_protocol(cfg, self.protocol)
         self.added_rows = fit_vocab(self.model, len(tok))
         self.stats, self.val_stats = DataStats(), DataStats()
