@@ -26,8 +26,15 @@ def source(path: Path, prefix: str, n: int, **meta) -> list[Conversation]:
 
 
 def rows_of(out: Path) -> list[dict]:
-    """Every shard's rows in file order, as plain dicts (independent of pyarrow's file bytes)."""
-    return [{"shard": p.name, **r} for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    """Every shard's rows in file order, as plain dicts (independent of pyarrow's file bytes). A message's
+    `reasoning_content` column, added after the pin and null on these rows, is left out: an all-null new column is
+    not a change of the rows."""
+    rows = [{"shard": p.name, **r} for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    for row in rows:
+        for m in row["messages"]:
+            if m.get("reasoning_content", "") is None:
+                del m["reasoning_content"]
+    return rows
 
 
 def digest(rows: list[dict]) -> str:
