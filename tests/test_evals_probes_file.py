@@ -8,21 +8,13 @@ import json
 import shutil
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from chatloom.cli import app
 from chatloom.conversation import ValidationError
 from chatloom.evals.probefile import EXAMPLE_PATH, load_probes, parse_probe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+from .test_engine import one_torch_thread  # noqa: F401 (autouse fixture)
 
 GOOD = '{"prompt": "Who are you?", "identity": ["Loom"]}'
 

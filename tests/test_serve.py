@@ -5,7 +5,6 @@ both decoding paths (lean Llama decoder, transformers forward), and the random m
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
@@ -16,30 +15,11 @@ import pytest
 from chatloom.engine import Engine
 from chatloom.serve.app import create_app
 
+from .fuzz_http import live as running  # uvicorn on a free loopback port in a thread
 from .scripted import PATHS, by_prompt, scripted
 from .test_engine import make_tiny_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
 KEY = "sk-test-123"
-
-
-@contextlib.contextmanager
-def running(app):
-    """uvicorn on 127.0.0.1 with a free port, in a thread; yields the base URL and stops by itself."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 @pytest.fixture(scope="module")
