@@ -126,11 +126,13 @@ def quickstart(
                                                     "(default: a small chatloom model pretrained here, cached)."),
     minutes: float = typer.Option(15.0, "--minutes", help="Wall-clock budget the training steps are sized to."),
     tiny: bool = typer.Option(False, "--tiny", help="A seconds-long run of a tiny model (tests, smoke checks)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of both training stages (weights, row order); the data and "
+                                                      "the held-out probes stay the same. Each seed caches its own base."),
 ):
     """The main job: base -> SFT on the embedded conversations -> evaluation of both -> report.html."""
     from .quickstart.pipeline import run
 
-    run(out=out, model=model, minutes=minutes, tiny=tiny)
+    run(out=out, model=model, minutes=minutes, tiny=tiny, seed=seed)
 
 
 def main():

@@ -3,7 +3,7 @@
 `ensure_base` writes the corpus (`corpus.py`: stdlib prose and arithmetic drill sheets) as JSONL documents, pretrains
 with `chatloom.train` for the number of steps the caller sized to its time budget, and caches the result under `~/.cache/chatloom/base-<key>` (`CHATLOOM_CACHE`
 overrides the root), so a second quickstart skips it. The key depends on the config, the protocol, the Python version
-(the corpus) and chatloom's version, not on the step count measured for this machine, so a rerun always hits the cache.
+(the corpus), the seed and chatloom's version, not on the step count measured for this machine, so a rerun always hits the cache.
 `bring_base` instead takes any model directory or `.gguf` file and writes it as a plain model directory with the
 protocol's control tokens, so it can be evaluated before SFT exactly like the built-in base.
 """
@@ -27,10 +27,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("CHATLOOM_CACHE") or Path.home() / ".cache" / "chatloom")
 
 
-def cache_key(config: str, protocol: str, seq_len: int, tag: str = "") -> str:
+def cache_key(config: str, protocol: str, seq_len: int, tag: str = "", seed: int = 0) -> str:
     from .. import __version__
 
-    text = json.dumps([config, protocol, seq_len, tag, sys.version_info[:2], __version__, CORPUS_VERSION])
+    parts = [config, protocol, seq_len, tag, sys.version_info[:2], __version__, CORPUS_VERSION] + ([seed] if seed else [])
+    text = json.dumps(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -76,12 +77,12 @@ def is_model_dir(path: Path) -> bool:
 
 def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: int = 256, batch_size: int = 16,
                 lr: float = 2e-3, tag: str = "", corpus_chars: int | None = None, max_seconds: float = 0.0,
-                log=print) -> tuple[Path, bool]:
+                seed: int = 0, log=print) -> tuple[Path, bool]:
     """(model dir, reused): the cached pretrained base, trained now (for `steps` steps or `max_seconds`, whichever
     ends first) if missing."""
     from ..train import TrainConfig, train
 
-    out = cache_root() / f"base-{cache_key(config, protocol, seq_len, tag)}"
+    out = cache_root() / f"base-{cache_key(config, protocol, seq_len, tag, seed)}"
     if is_model_dir(out):
         log(f"base model: reusing the cached {out}")
         return out, True
@@ -94,7 +95,7 @@ def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: i
     shutil.rmtree(work, ignore_errors=True)
     train(TrainConfig(out=str(work), mode="pretrain", model=config, text=[str(corpus)], protocol=protocol,
                       max_steps=steps, max_seconds=max_seconds, seq_len=seq_len, batch_size=batch_size, lr=lr,
-                      warmup_steps=max(1, steps // 20)))
+                      warmup_steps=max(1, steps // 20), seed=seed))
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
     return out, False

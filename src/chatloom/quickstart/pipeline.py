@@ -5,6 +5,8 @@ embedded conversation set, with a slice of the base's corpus replayed so it keep
 held-out set (every rate with its 95% interval; base vs SFT by a paired test) and the imitation analysis of the SFT model
 (its answers against the nearest training answers) -> `report.html` -> the commands to chat with and serve the result.
 The step counts are sized to `minutes` on this machine (see `budget.py`); `tiny=True` shrinks everything for tests.
+`seed` fixes every random choice of both training stages (initial weights, row order); the data and the held-out
+probes are the same for every seed, so runs with different seeds measure how much the bars move by chance.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def stage(n: int, title: str):
 
 
 def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: float = 15.0, tiny: bool = False,
-        protocol: str = "chatml") -> QuickstartResult:
+        protocol: str = "chatml", seed: int = 0) -> QuickstartResult:
     from ..evals import compare, evaluate, imitation_table, metrics_table
     from ..evals.generate import load_engine
     from ..evals.imitation import analyse, heldout_pairs
@@ -104,7 +106,8 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     else:
         base_dir, _ = ensure_base(s.config, plan.pretrain_steps, protocol=protocol, seq_len=s.seq_len,
                                   batch_size=s.batch_size, lr=s.pretrain_lr, tag="tiny" if tiny else "",
-                                  corpus_chars=s.corpus_chars, max_seconds=plan.pretrain_seconds, log=console.print)
+                                  corpus_chars=s.corpus_chars, max_seconds=plan.pretrain_seconds, seed=seed,
+                                  log=console.print)
     timings["base"] = time.perf_counter() - t
 
     stage(3, "supervised fine-tuning on the embedded conversations")
@@ -119,7 +122,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     replay = [str(replay_corpus(s.replay_every))] if s.replay_every and not model else []  # against forgetting
     train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], text=replay, protocol=protocol,
                       max_steps=plan.sft_steps, max_seconds=plan.sft_seconds, seq_len=s.seq_len, batch_size=s.sft_batch_size,
-                      lr=s.sft_lr if not model else 1e-4, warmup_steps=max(1, plan.sft_steps // 20)))
+                      lr=s.sft_lr if not model else 1e-4, warmup_steps=max(1, plan.sft_steps // 20), seed=seed))
     timings["sft"] = time.perf_counter() - t
 
     stage(4, "evaluation on the held-out set")
@@ -145,7 +148,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     timings["total"] = time.perf_counter() - started
     (out / "eval.json").write_text(json.dumps(reports, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
     report = write_report(out / "report.html", reports=reports, base_dir=base_dir, sft_dir=sft_dir,
-                          continuations=continuations, timings=timings, plan=plan.as_dict(), protocol=protocol)
+                          continuations=continuations, timings=timings, plan=plan.as_dict(), protocol=protocol, seed=seed)
     console.print(f"wrote {report} and {out / 'eval.json'}  (total {timings['total'] / 60:.1f} min)")
     console.print("\nTalk to your model:")
     console.print(f"  chatloom chat --model {sft_dir}", highlight=False)

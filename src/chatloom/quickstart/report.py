@@ -51,7 +51,7 @@ def imitation_section(im: dict | None) -> str:
 
 
 def write_report(path: Path, *, reports: list[dict], base_dir: Path, sft_dir: Path, continuations: dict,
-                 timings: dict, plan: dict, protocol: str) -> Path:
+                 timings: dict, plan: dict, protocol: str, seed: int = 0) -> Path:
     from ..evals import acceptance
 
     sft = reports[-1]
@@ -67,7 +67,7 @@ def write_report(path: Path, *, reports: list[dict], base_dir: Path, sft_dir: Pa
 <p>A base model that only continues documents becomes an assistant that answers in turns, knows its name, does
 <code>2+2</code>, refuses what it should and stops when it is done, because it was trained on conversations with the same
 next-token objective. Base: <code>{esc(str(base_dir))}</code>; SFT model: <code>{esc(str(sft_dir))}</code>
-(protocol <code>{esc(protocol)}</code>).</p>
+(protocol <code>{esc(protocol)}</code>, seed {seed}).</p>
 <h2>Before and after, on the held-out set</h2>{metrics_html(reports)}<p><b>{esc(verdict)}</b></p>
 <h2>Loss curves</h2><div>{inline_png(Path(base_dir) / 'loss.png')}{inline_png(Path(sft_dir) / 'loss.png')}</div>
 <h2>The base continues documents</h2>{continuations_html(continuations)}
