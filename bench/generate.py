@@ -139,49 +139,136 @@ def weight_bytes_per_token(model) -> int:
     return total + embed.shape[1] * embed.element_size()
 
 
+def gguf_weight_bytes(gguf: Path) -> int:
+    """Bytes of weights llama.cpp reads per batch-1 token from this file: every tensor once (a tied output head reads the
+    whole token embedding), plus one embedding row."""
+    from gguf import GGUFReader
+
+    tensors = GGUFReader(str(gguf)).tensors
+    total = sum(int(t.n_bytes) for t in tensors)
+    embed = next(t for t in tensors if t.name == "token_embd.weight")
+    if not any(t.name == "output.weight" for t in tensors):  # tied: read once as the output head ...
+        total += int(embed.n_bytes) // int(embed.shape[-1])  # ... plus the input row
+    else:
+        total += int(embed.n_bytes) // int(embed.shape[-1]) - int(embed.n_bytes)  # only one row of the input embedding
+    return total
+
+
+def llama_cpp_contender(gguf: Path, proto, new: int):
+    """llama.cpp (llama-cpp-python) on the GGUF file itself: the same prompt ids, greedy, exactly `new` tokens (batch 1;
+    the end-of-turn token is not a stop, like the other contenders), the same thread count as torch."""
+    import llama_cpp
+
+    threads = torch.get_num_threads()
+    llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def run(convs):
+        assert len(convs) == 1, "llama.cpp is measured at batch 1"
+        ids = proto.prompt(convs[0])
+        start, cpu = time.perf_counter(), time.process_time()
+        llm.reset()  # no prefix reuse: every run prefills its prompt, like the others
+        out = []
+        for token in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            out.append(token)
+            if len(out) == new:
+                break
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return new / elapsed, new / cpu
+
+    return run, llama_cpp.__version__
+
+
 def bench_models(args) -> dict:
+    """Every contender on the same model and prompts, interleaved repeats, the median reported: per `--dtype` the lean
+    decoder (`chatloom_<dtype>`), the engine over the transformers forward and transformers `generate`; per `--quantize`
+    the lean decoder with quantized weights (`chatloom_int8`, `chatloom_int4`, from the float32 model); with `--int8`
+    the dynamic int8 Linears through the transformers forward; with `--gguf` llama.cpp on the file (batch 1)."""
     results = {}
     bandwidth = read_bandwidth() if args.bandwidth else None
     if bandwidth:
         results["read_bandwidth_GB_s"] = round(bandwidth, 2)
         print(json.dumps({"read_bandwidth_GB_s": results["read_bandwidth_GB_s"]}), flush=True)
+    contenders, weight_bytes, batch1_only = {}, {}, set()
+    engines = {}
     for dtype_name in args.dtype:
+        tag = {"float32": "fp32", "bfloat16": "bf16"}.get(dtype_name, dtype_name)
         model, proto = build(getattr(torch, dtype_name), args.model_dir)
-        contenders = {"chatloom": lambda convs, e=no_stop_engine(model, proto): time_engine(e, convs, args.new),
-                      "chatloom_transformers_forward": lambda convs, e=no_stop_engine(model, proto, fast=False):
-                          time_engine(e, convs, args.new),
-                      "transformers_generate": lambda convs, m=model, p=proto: time_hf(m, p, convs, args.new)}
-        weight_bytes = {name: weight_bytes_per_token(model) for name in contenders}
-        if dtype_name == "float32" and args.int8:
+        lean = no_stop_engine(model, proto)
+        engines[tag] = lean
+        contenders[f"chatloom_{tag}"] = lambda convs, e=lean: time_engine(e, convs, args.new)
+        weight_bytes[f"chatloom_{tag}"] = lean.decoder.weight_bytes if lean.decoder else weight_bytes_per_token(model)
+        contenders[f"chatloom_transformers_forward_{tag}"] = lambda convs, e=no_stop_engine(model, proto, fast=False): \
+            time_engine(e, convs, args.new)
+        contenders[f"transformers_generate_{tag}"] = lambda convs, m=model, p=proto: time_hf(m, p, convs, args.new)
+        for name in (f"chatloom_transformers_forward_{tag}", f"transformers_generate_{tag}"):
+            weight_bytes[name] = weight_bytes_per_token(model)
+        if dtype_name != "float32":
+            continue
+        for scheme in args.quantize:
+            engine = no_stop_engine(model, proto, quantize=scheme)
+            engines[scheme] = engine
+            contenders[f"chatloom_{scheme}"] = lambda convs, e=engine: time_engine(e, convs, args.new)
+            weight_bytes[f"chatloom_{scheme}"] = engine.decoder.weight_bytes
+        if args.int8:
             quantized = no_stop_engine(quantize_weights(model), proto)
-            contenders["chatloom_int8"] = lambda convs, e=quantized: time_engine(e, convs, args.new)
-            weight_bytes["chatloom_int8"] = weight_bytes_per_token(quantized.model)
-            lean = no_stop_engine(model, proto, quantize="int8")  # per-channel int8 inside the lean decoder
-            contenders["chatloom_int8_lean"] = lambda convs, e=lean: time_engine(e, convs, args.new)
-            weight_bytes["chatloom_int8_lean"] = weight_bytes["chatloom_int8"]  # the same matrices, one byte each
-        for batch in args.batch:
-            convs = [Conversation.of(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
-            for fn in contenders.values():
-                fn(convs[:1])  # warm up
-            runs = {name: [] for name in contenders}
-            for _ in range(args.repeats):  # interleaved, so all sides see the same load on a shared CPU
-                for name, fn in contenders.items():
-                    runs[name].append(fn(convs))
-            row = {f"{name}_tok_s": round(statistics.median(w for w, _ in v), 2) for name, v in runs.items()}
-            row |= {f"{name}_tok_per_cpu_s": round(statistics.median(c for _, c in v), 2) for name, v in runs.items()}
-            for name in contenders:
-                if name != "transformers_generate":
-                    row[f"ratio_{name}"] = round(row[f"{name}_tok_s"] / row["transformers_generate_tok_s"], 2)
-                    row[f"cpu_ratio_{name}"] = round(row[f"{name}_tok_per_cpu_s"] / row["transformers_generate_tok_per_cpu_s"], 2)
-            if bandwidth and batch == 1:  # the ceiling: every weight byte read once per token at the measured bandwidth
-                for name in contenders:
-                    limit = bandwidth * 1e9 / weight_bytes[name]
-                    row[f"{name}_weight_MB_per_token"] = round(weight_bytes[name] / 1e6, 1)
-                    row[f"{name}_bandwidth_limit_tok_s"] = round(limit, 2)
-                    row[f"{name}_fraction_of_limit"] = round(row[f"{name}_tok_s"] / limit, 3)
-            results[f"{dtype_name}/batch{batch}"] = row
-            print(json.dumps({f"{dtype_name}/batch{batch}": row}), flush=True)
+            contenders["chatloom_int8_transformers_forward"] = lambda convs, e=quantized: time_engine(e, convs, args.new)
+            weight_bytes["chatloom_int8_transformers_forward"] = weight_bytes_per_token(quantized.model)
+    if args.gguf and args.llama_cpp:
+        run, version = llama_cpp_contender(args.gguf, proto, args.new)
+        contenders["llama_cpp"] = run
+        weight_bytes["llama_cpp"] = gguf_weight_bytes(args.gguf)
+        batch1_only.add("llama_cpp")
+        results["llama_cpp_python_version"] = version
+        results["gguf"] = args.gguf.name
+    for batch in args.batch:
+        convs = [Conversation.of(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
+        names = [n for n in contenders if batch == 1 or n not in batch1_only]
+        for name in names:
+            contenders[name](convs[:1])  # warm up
+        runs = {name: [] for name in names}
+        for _ in range(args.repeats):  # interleaved, so all sides see the same load on a shared CPU
+            for name in names:
+                runs[name].append(contenders[name](convs))
+        row = {f"{name}_tok_s": round(statistics.median(w for w, _ in v), 2) for name, v in runs.items()}
+        row |= {f"{name}_tok_per_cpu_s": round(statistics.median(c for _, c in v), 2) for name, v in runs.items()}
+        for name in names:
+            if not name.startswith("transformers_generate"):
+                ref = "transformers_generate_" + ("bf16" if name.endswith("_bf16") else "fp32")
+                if ref in runs:
+                    row[f"ratio_{name}_vs_{ref}"] = round(row[f"{name}_tok_s"] / row[f"{ref}_tok_s"], 2)
+            if "llama_cpp" in runs and name != "llama_cpp":
+                row[f"fraction_of_llama_cpp_{name}"] = round(row[f"{name}_tok_s"] / row["llama_cpp_tok_s"], 3)
+        if bandwidth and batch == 1:  # the ceiling: every weight byte read once per token at the measured bandwidth
+            for name in names:
+                limit = bandwidth * 1e9 / weight_bytes[name]
+                row[f"{name}_weight_MB_per_token"] = round(weight_bytes[name] / 1e6, 1)
+                row[f"{name}_bandwidth_limit_tok_s"] = round(limit, 2)
+                row[f"{name}_fraction_of_limit"] = round(row[f"{name}_tok_s"] / limit, 3)
+        results[f"batch{batch}"] = row
+        print(json.dumps({f"batch{batch}": row}), flush=True)
+    if args.profile:
+        results["step_profile"] = {name: profile_step(engine, args.new) for name, engine in engines.items()}
     return results
+
+
+def profile_step(engine: Engine, new: int) -> dict:
+    """Where a batch-1 decoding step's time goes: the torch profiler over `new` tokens of one reply, grouped by op
+    (self CPU time, ms per token), the matmul kernels' share, and what is left for everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    conv = Conversation.of(PROMPTS[0])
+    engine.generate([conv], SamplingParams(max_tokens=4, temperature=0))
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.generate([conv], SamplingParams(max_tokens=new, temperature=0))
+    wall = (time.perf_counter() - start) / new * 1e3
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    matmul = ("_weight_int4pack_mm", "_weight_int8pack_mm", "quantized::linear_dynamic", "aten::addmm", "aten::mm")
+    matmul_ms = sum(e.self_cpu_time_total for e in ops if e.key.startswith(matmul)) / 1e3 / new
+    total_ops = sum(e.count for e in ops if e.key.startswith("aten::")) / new
+    return {"ms_per_token_profiled": round(wall, 2), "matmul_ms_per_token": round(matmul_ms, 2),
+            "aten_calls_per_token": round(total_ops, 1),
+            "top_ops_ms_per_token": {e.key: round(e.self_cpu_time_total / 1e3 / new, 3) for e in ops[:12]}}
 
 
 def bench_server(args) -> dict:
@@ -271,7 +358,13 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median is reported")
-    parser.add_argument("--int8", action="store_true", help="also chatloom with dynamic int8 weights (vs transformers fp32)")
+    parser.add_argument("--quantize", nargs="*", default=["int8", "int4"], choices=["int8", "int4"],
+                        help="quantized lean-decoder contenders (from the float32 model)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also dynamic int8 Linears through the transformers forward (the path for non-Llama models)")
+    parser.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
+                        help="with --gguf: skip llama.cpp (llama-cpp-python) on the file")
+    parser.add_argument("--profile", action="store_true", help="also profile one reply per chatloom precision")
     parser.add_argument("--no-bandwidth", dest="bandwidth", action="store_false",
                         help="skip measuring read bandwidth (a 1 GB buffer) and each path's fraction of the limit")
     parser.add_argument("--server", action="store_true")

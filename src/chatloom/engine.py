@@ -152,14 +152,14 @@ class Engine:
 
     def __init__(self, model, protocol: Protocol, max_context: int | None = None, fast: bool = True,
                  quantize: str | None = None):
-        from .engine_llama import LlamaDecoder
+        from .engine_llama import QUANTIZE, LlamaDecoder
 
-        if quantize not in (None, "int8"):
-            raise ValueError(f"unknown quantization {quantize!r}; supported: int8")
+        if quantize not in (None, *QUANTIZE):
+            raise ValueError(f"unknown quantization {quantize!r}; supported: {', '.join(QUANTIZE)}")
         if quantize and not (fast and LlamaDecoder.supports(model)):
             raise ValueError("quantize= needs the lean Llama decoder; for other models use quantize_weights(model)")
         self.model = model.eval()
-        self.decoder = LlamaDecoder(model, int8=quantize == "int8") if fast and LlamaDecoder.supports(model) else None
+        self.decoder = LlamaDecoder(model, quantize=quantize) if fast and LlamaDecoder.supports(model) else None
         self.protocol = protocol
         self.tokenizer = protocol.tokenizer
         config = getattr(model, "config", None)
@@ -178,7 +178,9 @@ class Engine:
         """Load a model directory (HF format). `protocol`: a Protocol, a name, or None for `protocols.for_model(dir)`;
         `dtype`: e.g. "bfloat16" (about 1.7x faster decoding on AVX-512 bf16 CPUs); `quantize="int8"`: dynamic int8
         weights for the linear layers (CPU; a quarter of the fp32 weight bytes per token, small accuracy loss), inside
-        the lean decoder for Llama-family models (per-channel scales), through the transformers forward otherwise."""
+        the lean decoder for Llama-family models (per-channel scales), through the transformers forward otherwise;
+        `quantize="int4"`: group-wise int4 weights with bfloat16 activations (Llama-family models only; see
+        `chatloom.quant`)."""
         from transformers import AutoModelForCausalLM
 
         from . import model_meta, protocols
@@ -198,15 +200,22 @@ class Engine:
             from .train.models import fit_vocab  # the one place vocabularies grow (new rows = mean of the old ones)
 
             fit_vocab(model, len(protocol.tokenizer))
-        lean_int8 = False
+        lean = None
         if quantize:
-            from .engine_llama import LlamaDecoder
+            from .engine_llama import QUANTIZE, LlamaDecoder
 
-            if fast and quantize == "int8" and LlamaDecoder.supports(model):
-                model, lean_int8 = model.float(), True  # int8 matrices inside the lean decoder
-            else:
+            if quantize not in QUANTIZE:
+                raise ValueError(f"unknown quantization {quantize!r}; supported: {', '.join(QUANTIZE)}")
+            if fast and LlamaDecoder.supports(model):
+                lean = quantize  # quantized matrices inside the lean decoder
+                if quantize == "int8":
+                    model = model.float()  # dynamic int8 kernels take float32 activations
+            elif quantize == "int8":
                 model = quantize_weights(model, quantize)  # int8 Linears through the transformers forward
-        engine = cls(model, protocol, max_context=max_context, fast=fast, quantize="int8" if lean_int8 else None)
+            else:
+                raise ValueError(f"quantize={quantize!r} needs the lean Llama decoder (llama, mistral, qwen2 models; "
+                                 f"fast=True); this is a {getattr(model.config, 'model_type', type(model).__name__)} model")
+        engine = cls(model, protocol, max_context=max_context, fast=fast, quantize=lean)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         special = set(protocol.tokenizer.special_tokens.values())  # a default config's eos=2 may be an ordinary token
         engine.stop_ids |= {i for i in ([eos] if isinstance(eos, int) else eos or []) if i in special}

@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..serve.cli import QUANTIZE_HELP, Quantize
+
 console = Console()
 
 
@@ -28,6 +30,8 @@ def eval_command(
     json_out: Path = typer.Option(None, "--json", help="Write the full results (metrics and every reply) as JSON."),
     html_out: Path = typer.Option(None, "--html", help="Write a self-contained HTML report."),
     max_tokens: int = typer.Option(64, "--max-tokens", help="Generation limit per reply (adherence: stop within it)."),
+    quantize: Quantize = typer.Option(Quantize.none, "--quantize", help=QUANTIZE_HELP + " Applies to generated replies (probes, adherence, imitation); "
+                                 "the held-out loss uses the float weights."),
 ):
     """Held-out loss, protocol adherence and probes (identity, arithmetic, refusals, false refusals), every rate with
     its 95% interval; with --compare, whether the difference is beyond noise; with --imitation, what was copied."""
@@ -66,10 +70,12 @@ def eval_command(
     reports = []
     for m in [model] + ([compare] if compare else []):
         try:
-            engine = load_engine(m)
+            engine = load_engine(m, quantize=quantize.value)
             report = evaluate(m, data, probes=probe_list, max_tokens=max_tokens, label=m.name, engine=engine)
             if probes is not None:
                 report["probes_file"] = str(probes)
+            if quantize is not Quantize.none:
+                report["quantize"] = quantize.value
             if imitation:
                 report["imitation"] = analyse(engine, train_convs, heldout_pairs(report), n_train=train_sample,
                                               seed=seed, threshold=threshold, max_tokens=max_tokens, index=index)

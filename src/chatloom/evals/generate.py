@@ -15,10 +15,12 @@ class Reply:
     finish_reason: str
 
 
-def load_engine(model_dir, protocol=None):
+def load_engine(model_dir, protocol=None, quantize: str | None = None):
+    """The engine that generates the replies; `quantize` ("int8", "int4"; None or "none": the saved weights) sets the
+    precision of generation only (losses are computed with the float weights)."""
     from ..engine import Engine
 
-    return Engine.from_pretrained(model_dir, protocol=protocol)
+    return Engine.from_pretrained(model_dir, protocol=protocol, quantize=None if quantize == "none" else quantize)
 
 
 def generate(engine, prompts: Sequence[Conversation], max_tokens: int = 64, batch_size: int = 32,

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
 
 
+class Quantize(StrEnum):
+    """`--quantize` values: "none" multiplies by the float weights (in `--dtype`); see `chatloom.quant` for the others."""
+
+    none = "none"
+    int8 = "int8"
+    int4 = "int4"
+
+
+#: `chatloom serve`'s weights when `--quantize` is not given (Llama-family models; other models are served as saved).
+SERVE_QUANTIZE = "int8"
+QUANTIZE_HELP = ("Weights: none (float, in --dtype) | int8 (per-channel int8, float32 activations) | int4 (group-wise int4 "
+                 "like llama.cpp's Q4_1, bfloat16 activations; llama, mistral and qwen2 models).")
+
+
+def quantize_option(default: Quantize | None, default_text: str):
+    return typer.Option(default, "--quantize", show_default=default_text, help=QUANTIZE_HELP)
+
+
 def _engine(model: Path, protocol: str | None, dtype: str | None, max_context: int | None, quantize: str | None = None,
-            threads: int = 0):
+            threads: int = 0, default_quantize: str | None = None):
+    """Load the engine; `quantize` None means the command's default (`default_quantize` for the models the lean decoder
+    supports, the saved weights otherwise)."""
     import torch
     from rich.console import Console
 
@@ -16,11 +37,28 @@ def _engine(model: Path, protocol: str | None, dtype: str | None, max_context: i
 
     if threads:
         torch.set_num_threads(threads)
+    if quantize is None and default_quantize is not None and not _lean(model):
+        default_quantize = None
+    quantize = getattr(quantize, "value", quantize) or default_quantize
     try:
-        return Engine.from_pretrained(model, protocol=protocol, dtype=dtype, max_context=max_context, quantize=quantize)
+        return Engine.from_pretrained(model, protocol=protocol, dtype=dtype, max_context=max_context,
+                                      quantize=None if quantize == "none" else quantize)
     except (FileNotFoundError, OSError, ValueError) as e:
         Console(stderr=True).print(f"[bold red]error:[/] cannot load {model}: {e}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def _lean(model: Path) -> bool:
+    """Whether the lean decoder (and so every --quantize value) can take this model directory, from its config."""
+    from transformers import AutoConfig
+
+    from ..engine_llama import LlamaDecoder
+
+    try:
+        config = AutoConfig.from_pretrained(str(model))
+    except (OSError, ValueError):
+        return True  # let loading report what is wrong
+    return LlamaDecoder.supports_config(config)
 
 
 def chat(
@@ -35,7 +73,7 @@ def chat(
     seed: int = typer.Option(None, "--seed"),
     dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: as saved)."),
     max_context: int = typer.Option(None, "--max-context", help="Context window (default: the model's)."),
-    quantize: str = typer.Option(None, "--quantize", help="int8: per-channel int8 weights (CPU; inside the lean decoder for Llama-family models)."),
+    quantize: Quantize = quantize_option(None, "none"),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: default; 1 is often faster on a busy CPU)."),
 ):
     """Chat with a model in the terminal (streaming; /system TEXT, /reset, /save FILE, /tokens, /quit)."""
@@ -57,7 +95,7 @@ def serve(
     dtype: str = typer.Option(None, "--dtype", help="float32 | bfloat16 (default: as saved)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together (continuous batching: a new request joins the running batch at the next step)."),
     max_context: int = typer.Option(None, "--max-context"),
-    quantize: str = typer.Option(None, "--quantize", help="int8: per-channel int8 weights (CPU; inside the lean decoder for Llama-family models)."),
+    quantize: Quantize = quantize_option(None, f"{SERVE_QUANTIZE} for llama/mistral/qwen2 models, none for others"),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: default; 1 is often faster on a busy CPU)."),
     name: str = typer.Option(None, "--name", help="Model name in the API (default: the directory name)."),
 ):
@@ -66,7 +104,7 @@ def serve(
 
     from .app import create_app
 
-    engine = _engine(model, protocol, dtype, max_context, quantize, threads)
+    engine = _engine(model, protocol, dtype, max_context, quantize, threads, default_quantize=SERVE_QUANTIZE)
     app = create_app(engine, api_key=api_key, model_name=name or model.resolve().name, max_batch=max_batch)
     typer.echo(f"chatloom serving {model} at http://{host}:{port}/ (API: http://{host}:{port}/v1)")
     uvicorn.run(app, host=host, port=port, log_level="info")
