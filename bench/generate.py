@@ -264,7 +264,7 @@ def profile_step(engine: Engine, new: int) -> dict:
     wall = (time.perf_counter() - start) / new * 1e3
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     matmul = ("_weight_int4pack_mm", "_weight_int8pack_mm", "quantized::linear_dynamic", "aten::addmm", "aten::mm")
-    matmul_ms = sum(e.self_cpu_time_total for e in ops if e.key.startswith(matmul)) / 1e3 / new
+    matmul_ms = sum(e.self_cpu_time_total for e in ops if any(m in e.key for m in matmul)) / 1e3 / new
     total_ops = sum(e.count for e in ops if e.key.startswith("aten::")) / new
     return {"ms_per_token_profiled": round(wall, 2), "matmul_ms_per_token": round(matmul_ms, 2),
             "aten_calls_per_token": round(total_ops, 1),

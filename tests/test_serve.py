@@ -336,7 +336,9 @@ def test_serve_command_end_to_end(tmp_path, bundled_tokenizer_path):
         c = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
         assert [m.id for m in c.models.list().data] == ["cli-model"]
         r = c.chat.completions.create(model="cli-model", messages=MSGS, max_tokens=3, temperature=0)
-        [local] = Engine.from_pretrained(model).generate([_conv(MSGS)], _greedy(3))  # the same directory, in-process
+        from chatloom.serve.cli import SERVE_QUANTIZE  # serve's default precision
+
+        [local] = Engine.from_pretrained(model, quantize=SERVE_QUANTIZE).generate([_conv(MSGS)], _greedy(3))  # in-process
         assert (r.choices[0].message.content, r.usage.completion_tokens) == (local.text, len(local.ids))
         assert "<textarea" in httpx.get(url + "/").text
     finally:

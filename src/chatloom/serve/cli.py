@@ -17,7 +17,7 @@ class Quantize(StrEnum):
 
 
 #: `chatloom serve`'s weights when `--quantize` is not given (Llama-family models; other models are served as saved).
-SERVE_QUANTIZE = "int8"
+SERVE_QUANTIZE = "int4"
 QUANTIZE_HELP = ("Weights: none (float, in --dtype) | int8 (per-channel int8, float32 activations) | int4 (group-wise int4 "
                  "like llama.cpp's Q4_1, bfloat16 activations; llama, mistral and qwen2 models).")
 
