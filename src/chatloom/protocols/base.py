@@ -16,6 +16,7 @@ is supervised:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,15 @@ from ..conversation import Conversation
 from ..tokenizers import Tokenizer
 
 NO_MESSAGE = -1
+
+
+def default_workers() -> int:
+    """Threads `render_batch` encodes with by default: the CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
 
 
 @dataclass(slots=True)
@@ -123,9 +133,12 @@ class Protocol:
     def render(self, conv: Conversation) -> Rendered:
         return self.render_batch([conv])[0]
 
-    def render_batch(self, convs: Sequence[Conversation], add_generation_prompt: bool = False) -> list[Rendered]:
-        """Render many conversations at once: all their text goes to the tokenizer in one batch."""
-        return self.encoder.encode([self.layout(c, add_generation_prompt) for c in convs])
+    def render_batch(self, convs: Sequence[Conversation], add_generation_prompt: bool = False,
+                     workers: int | None = None) -> list[Rendered]:
+        """Render many conversations at once: all their text goes to the tokenizer in one batch, encoded by `workers`
+        threads (default: the CPUs this process may use, at most 8; batches under 64k characters use one)."""
+        layouts = [self.layout(c, add_generation_prompt) for c in convs]
+        return self.encoder.encode(layouts, default_workers() if workers is None else workers)
 
     def prompt(self, conv: Conversation) -> list[int]:
         """The conversation so far plus the assistant header: the context the engine samples from."""

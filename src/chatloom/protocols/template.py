@@ -139,9 +139,9 @@ class TemplateProtocol(Protocol):
                             "with its end-of-turn token (e.g. '<end_of_turn>') or use a tokenizer that has it")
 
     # ------------------------------------------------------------------------------------------------ layout
-    def render_batch(self, convs, add_generation_prompt: bool = False):
+    def render_batch(self, convs, add_generation_prompt: bool = False, workers: int | None = None):
         self._usable()
-        return super().render_batch(convs, add_generation_prompt)
+        return super().render_batch(convs, add_generation_prompt, workers)
 
     def layout(self, conv: Conversation, add_generation_prompt: bool = False) -> Layout:
         self._usable()
