@@ -33,6 +33,7 @@ with the ownership above) is a cache inside the encoder: a template has few dist
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -185,7 +186,20 @@ class Encoder:
     # ------------------------------------------------------------------------------------------------ encode
     def encode(self, layouts: Sequence[Layout], workers: int = 1) -> list[Rendered]:
         """Ids, mask and message index of each layout. All the text of the batch goes to the tokenizer in one call
-        (each distinct text once), spread over `workers` threads when the tokenizer can use them."""
+        (each distinct text once), spread over `workers` threads when the tokenizer can use them.
+
+        The cyclic garbage collector is paused meanwhile: encoding allocates many small acyclic containers, and each
+        collection they trigger would walk every id of the lists already built (a fifth of the time on long texts)."""
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return self._encode(layouts, workers)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _encode(self, layouts: Sequence[Layout], workers: int) -> list[Rendered]:
         tok = self.tokenizer
         can_split = tok.splits_after_newline
         short = self._short
