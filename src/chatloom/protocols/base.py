@@ -16,7 +16,6 @@ is supervised:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,15 +23,6 @@ from ..conversation import Conversation
 from ..tokenizers import Tokenizer
 
 NO_MESSAGE = -1
-
-
-def default_workers() -> int:
-    """Threads `render_batch` encodes with by default: the CPUs this process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
 
 
 @dataclass(slots=True)
@@ -134,11 +124,11 @@ class Protocol:
         return self.render_batch([conv])[0]
 
     def render_batch(self, convs: Sequence[Conversation], add_generation_prompt: bool = False,
-                     workers: int | None = None) -> list[Rendered]:
-        """Render many conversations at once: all their text goes to the tokenizer in one batch, encoded by `workers`
-        threads (default: the CPUs this process may use, at most 8; batches under 64k characters use one)."""
-        layouts = [self.layout(c, add_generation_prompt) for c in convs]
-        return self.encoder.encode(layouts, default_workers() if workers is None else workers)
+                     workers: int = 1) -> list[Rendered]:
+        """Render many conversations at once: all their text goes to the tokenizer in one batch (each distinct text
+        once). `workers` > 1 encodes it on that many threads (tiktoken releases the GIL; batches under 64k characters
+        stay on one): worth it only on otherwise idle cores, see bench/protocol.py."""
+        return self.encoder.encode([self.layout(c, add_generation_prompt) for c in convs], workers)
 
     def prompt(self, conv: Conversation) -> list[int]:
         """The conversation so far plus the assistant header: the context the engine samples from."""

@@ -139,7 +139,7 @@ class TemplateProtocol(Protocol):
                             "with its end-of-turn token (e.g. '<end_of_turn>') or use a tokenizer that has it")
 
     # ------------------------------------------------------------------------------------------------ layout
-    def render_batch(self, convs, add_generation_prompt: bool = False, workers: int | None = None):
+    def render_batch(self, convs, add_generation_prompt: bool = False, workers: int = 1):
         self._usable()
         return super().render_batch(convs, add_generation_prompt, workers)
 
