@@ -189,22 +189,23 @@ def test_llama_cpp_tokenizes_rendered_conversations_like_chatloom(trained, llama
         assert llama_ids(llm, prompt) == proto.prompt(Conversation(conv.messages[:-1])), conv
 
 
+@pytest.fixture(scope="module")
+def trained_vocab(trained):
+    """llama.cpp's vocabulary of the f16 export (loaded once, closed after the module) and chatloom's tokenizer."""
+    try:
+        import llama_cpp
+    except ImportError:
+        require(False, "llama-cpp-python (pip install 'chatloom[test]')")
+    llm = load_llama(llama_cpp, trained[1], vocab_only=True)
+    yield llm, protocols.for_model(trained[0]).tokenizer
+    llm.close()
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(st.characters(codec="utf-8"), min_size=1, max_size=40))
-def test_llama_cpp_tokenizes_any_text_like_chatloom(trained, llama_cpp, text):
-    model_dir, f16, _ = trained
-    llm = _vocab(llama_cpp, f16)
-    proto = protocols.for_model(model_dir)
-    assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == proto.tokenizer.encode(text)
-
-
-_VOCABS: dict = {}
-
-
-def _vocab(llama_cpp, path):
-    if path not in _VOCABS:
-        _VOCABS[path] = load_llama(llama_cpp, path, vocab_only=True)
-    return _VOCABS[path]
+def test_llama_cpp_tokenizes_any_text_like_chatloom(trained_vocab, text):
+    llm, tokenizer = trained_vocab
+    assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == tokenizer.encode(text)
 
 
 @pytest.mark.parametrize("variant", list(tokenizer_variants()))
