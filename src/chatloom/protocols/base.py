@@ -72,7 +72,10 @@ class Protocol:
     control_tokens: tuple[str, ...] = ()
     end_of_turn: str = ""
     bos_tokens: tuple[str, ...] = ()  # tokens that, leading a conversation, start the document (message index -1)
-    train_reasoning: bool = True  # supervise assistant `reasoning_content` (off: its tokens stay in ids, not in the mask)
+    train_reasoning: bool = True  # supervise assistant `reasoning_content` (off: its tokens stay in ids, not in the
+    # mask; the block's tags stay supervised, so the model still learns to open and close it: encoder.py)
+    reasoning_tags: tuple[str, str] | None = None  # text written before / after an assistant's reasoning (`<think>\n`,
+    # `\n</think>\n\n`), None when the protocol does not render reasoning (reasoning.py splits replies with them)
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer

@@ -17,14 +17,18 @@ user\\n`). Text in a gap without an end-of-turn token opens the next message. Th
 what it closes (a template's default system turn) and a leading BOS token belong to no message (index -1), as does
 what the last gap opens (the generation prompt).
 
-**Reasoning.** An assistant message with `reasoning_content` is two contents of the same message in the layout (its
-reasoning, then its reply, with the template text between them, e.g. `\\n</think>\\n\\n`, as a gap that belongs to that
-message); the reasoning content has its own supervised flag (`Protocol.train_reasoning`).
+**Reasoning.** An assistant message with `reasoning_content` is several contents of the same message in the layout: an
+empty one where the generation prompt ends, its reasoning, then its reply. The gaps between contents of one message
+(the template's `<think>\\n` and `\\n</think>\\n\\n`) are *framed*: what the model writes after the generation
+prompt, so they belong to that message and are supervised when it is (a trained model learns to open and to close its
+reasoning block). The reasoning content has its own supervised flag (`Protocol.train_reasoning`): off, the reasoning
+text is not supervised but its frame still is.
 
 **Which tokens are supervised.** A token is supervised iff it contains a byte of a supervised character: the content
 (and reasoning, unless turned off) of an assistant message with `train` true, plus, for one that carries tool calls, the template text between its content
-and the end-of-turn token (where templates render the calls). The end-of-turn token that closes a trained assistant
-message is supervised. Nothing else: not headers, not template whitespace, not BOS. A token in a run of text belongs to
+and the end-of-turn token (where templates render the calls), plus the framed gaps of a trained assistant message
+(its reasoning block's tags and separators). The end-of-turn token that closes a trained assistant message is
+supervised. Nothing else: not headers, not template whitespace, not BOS. A token in a run of text belongs to
 the message of its first character, unless it is supervised: then to the supervised message.
 
 Gap compilation (splitting a gap into lead text, pre-encoded control tokens and the text between them, and trail text,
@@ -58,7 +62,9 @@ class Layout:
     trained: list[bool]
     extends: list[bool] | None = None
     owners: list[int] | None = None  # message index of each content (default: content j is message j); an
-    # assistant message with reasoning has two contents, its reasoning then its reply, with the gap between them
+    # assistant message with reasoning has several contents (see the module doc), with framed gaps between them
+    framed: list[bool] | None = None  # per gap: template text the model writes inside a trained assistant turn
+    # (between two of its contents: the reasoning block's tags), supervised as a whole
 
     def owner(self, j: int) -> int:
         return self.owners[j] if self.owners is not None else j
@@ -71,7 +77,7 @@ class CompiledGap:
     """A gap split once: `lead` text (before its first control token), `ids` (the control tokens and the text between
     them, pre-encoded) and `trail` text (after its last control token), with which part closes the message before."""
 
-    __slots__ = ("pieces", "lead", "lead_closes", "lead_ext", "ids", "n_close", "mask_eot", "mask_ext", "zeros",
+    __slots__ = ("pieces", "lead", "lead_closes", "lead_ext", "ids", "n_close", "mask_eot", "mask_ext", "zeros", "ones",
                  "trail", "trail_closes", "has_controls")
 
     def __init__(self, pieces: list[tuple[str, str, bool, int]], ids: list[int], codes: list[int], closes: list[bool]):
@@ -90,6 +96,7 @@ class CompiledGap:
         self.mask_eot = [1 if c == _EOT else 0 for c in codes]
         self.mask_ext = [1 if c != _NO else 0 for c in codes]
         self.zeros = [0] * len(ids)
+        self.ones = [1] * len(ids)
 
 
 class Encoder:
@@ -156,6 +163,7 @@ class Encoder:
         """The layout as parts (text or control token, message, supervised): what `encode` turns into tokens."""
         n = len(layout.contents)
         ext = layout.extends or [False] * n
+        framed = layout.framed or [False] * (n + 1)
         out: list[Part] = []
         for j in range(n + 1):
             g = self.compile(layout.gaps[j], j == 0, j == n)
@@ -164,7 +172,7 @@ class Encoder:
             m_before = layout.owner(before) if before >= 0 else NO_MESSAGE
             m_after = layout.owner(after) if after >= 0 else NO_MESSAGE
             for kind, value, closes, code in g.pieces:
-                sup = trained and (code == _EOT or (code == _EXT and ext[before]))
+                sup = framed[j] or (trained and (code == _EOT or (code == _EXT and ext[before])))
                 owner = m_before if closes else m_after
                 out.append(Part(token=value, message=owner, supervised=sup) if kind == "token"
                            else Part(text=value, message=owner, supervised=sup))
@@ -194,6 +202,7 @@ class Encoder:
             trained = layout.trained
             ext = layout.extends
             own = layout.owners
+            framed = layout.framed
             plan: list = []
             run: list[tuple[str, int, bool]] = []
             for j in range(n + 1):
@@ -206,16 +215,17 @@ class Encoder:
                     m_after = own[after] if after >= 0 else NO_MESSAGE
                 else:
                     m_before, m_after = before, after
+                f = framed is not None and framed[j]  # the reasoning block's tags: supervised, of that message
                 if g.lead:
-                    run.append((g.lead, m_before if g.lead_closes else m_after, e_before and g.lead_ext))
+                    run.append((g.lead, m_before if g.lead_closes else m_after, f or (e_before and g.lead_ext)))
                 if g.has_controls:
                     if run:
                         self._plan_run(run, plan, whole, multi, can_split, short)
                         run = []
-                    mask = (g.mask_ext if e_before else g.mask_eot) if t_before else g.zeros
+                    mask = g.ones if f else (g.mask_ext if e_before else g.mask_eot) if t_before else g.zeros
                     plan.append((g, m_before, m_after, mask))
                     if g.trail:
-                        run.append((g.trail, m_before if g.trail_closes else m_after, False))
+                        run.append((g.trail, m_before if g.trail_closes else m_after, f))
                 if j < n:
                     run.append((layout.contents[j], m_after, trained[j]))
             if run:
