@@ -179,8 +179,8 @@ def test_tiktoken_special_tokens_are_our_own_map():
     tokens, never changes the encoding another tokenizer object holds."""
     from chatloom import load_tokenizer
 
-    o200k = Path(__file__).parent / "fixtures" / "tiktoken" / "o200k_base.tiktoken"
-    enc = load_tokenizer(o200k).enc  # its own: the session's o200k fixture may have control tokens added
+    o200k = load_tokenizer(Path(__file__).parent / "fixtures" / "tiktoken" / "o200k_base.tiktoken")
+    enc = o200k.enc  # its own: the session's o200k fixture may have control tokens added by another test
     tok = TiktokenTokenizer(enc, "o200k_base")
     assert tok.special_tokens == {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
     assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 199999
