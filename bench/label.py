@@ -6,7 +6,8 @@ separately: argon2id costs what it costs), then checks the database: every accep
 duplicate reviews or rankings per person, no reply slot overbooked. Also the server's CPU time per request, the
 number that does not move when other jobs share the machine.
 
-Run: python bench/label.py [--labelers 50] [--rounds 3] [--backends sqlite,postgresql --pg postgresql://...]
+Run: python bench/label.py [--labelers 50] [--rounds 3] [--backends sqlite,postgresql [--pg postgresql://...]]
+(without --pg, PostgreSQL is a throwaway cluster started for the run).
 The machine may be shared with other jobs: absolute numbers are noisy; compare runs made back to back.
 """
 
@@ -56,19 +57,6 @@ def prepare(url: str, labelers: int, cheap_login: bool) -> int:
         pid = service.create_project(s, "bench", creator=admin, replies_per_prompt=2, reviews_per_message=2).id
     db.dispose()
     return pid
-
-
-def fresh_pg(url: str) -> str:
-    from sqlalchemy import text
-
-    from chatloom.label.db import make_engine
-
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
 
 
 class Server:
@@ -242,20 +230,26 @@ def main():
     ap.add_argument("--think", type=float, default=0.0, help="mean seconds a labeler spends between two requests "
                     "(exponential); 0 = back to back, the server saturated")
     ap.add_argument("--backends", default="sqlite")
-    ap.add_argument("--pg", default=os.environ.get("CHATLOOM_TEST_PG"), help="PostgreSQL URL (its public schema is reset)")
+    ap.add_argument("--pg", default=os.environ.get("CHATLOOM_TEST_PG"), help="PostgreSQL URL (its public schema is "
+                    "reset); without it, a throwaway cluster is started (/usr/lib/postgresql/*/bin)")
     ap.add_argument("--cheap-login", action="store_true", help="cheap argon2 parameters (login timings meaningless)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
+    from chatloom.label import pgscratch
+
     results = []
     for backend in args.backends.split(","):
         if backend == "sqlite":
             tmp = tempfile.mkdtemp(prefix="label-bench-")
             url = f"sqlite:///{tmp}/label.db"
         elif backend == "postgresql":
-            if not args.pg:
-                sys.exit("--pg URL (or CHATLOOM_TEST_PG) is needed for postgresql")
-            url = fresh_pg(args.pg)
+            if not args.pg:  # a throwaway cluster of our own for this run
+                with pgscratch.throwaway_cluster() as url:
+                    results.append(run(backend, url, args))
+                print(json.dumps(results[-1]), flush=True)
+                continue
+            url = pgscratch.fresh_pg(args.pg)
         else:
             sys.exit(f"unknown backend {backend}")
         results.append(run(backend, url, args))

@@ -14,10 +14,11 @@ import httpx
 import pytest
 import uvicorn
 from argon2 import PasswordHasher
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from chatloom.label import auth
 from chatloom.label.db import Database
+from chatloom.label.pgscratch import fresh_pg  # noqa: F401  (test modules import it from here)
 
 PW = "correct horse battery"
 BACKENDS = ["sqlite", "postgresql"]  # PostgreSQL cases are always collected; conftest.require_pg skips/fails them
@@ -27,17 +28,6 @@ PEOPLE = [("ada", "admin"), ("lee", "labeler"), ("max", "labeler"), ("kim", "lab
 @pytest.fixture(autouse=True)
 def cheap_hashing(monkeypatch):
     monkeypatch.setattr(auth, "hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-
-
-def fresh_pg(url: str) -> str:
-    from chatloom.label.db import make_engine
-
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
 
 
 @pytest.fixture(params=BACKENDS)

@@ -31,9 +31,11 @@ def deterministic_reply(body: dict) -> str:
 
 
 def create_app(*, delay: float = 0.0, action: Callable[[dict, int], str] | None = None,
-               reply: Callable[[dict], str] = deterministic_reply, api_key: str | None = None) -> FastAPI:
+               reply: Callable[[dict], str] = deterministic_reply, api_key: str | None = None,
+               reasoning: Callable[[dict], str | None] | None = None) -> FastAPI:
     """`action(body, request_number)` -> "ok" | "stall" | an HTTP error status decides each request's fate (default:
-    always ok). With `api_key`, requests without `Authorization: Bearer <api_key>` get a 401."""
+    always ok). With `api_key`, requests without `Authorization: Bearer <api_key>` get a 401. `reasoning(body)`: a
+    `reasoning_content` to return beside the content (a reasoning model), None for none."""
     app = FastAPI()
     app.state.requests = 0
     app.state.log = []
@@ -57,10 +59,13 @@ def create_app(*, delay: float = 0.0, action: Callable[[dict, int], str] | None 
         if fate == "stall":
             await asyncio.sleep(30)  # far past the client's timeout; shutting the test server down cancels it
         text = reply(body)
+        message = {"role": "assistant", "content": text}
+        if reasoning is not None and (thought := reasoning(body)) is not None:
+            message["reasoning_content"] = thought
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
         return {"id": f"chatcmpl-{number}", "object": "chat.completion", "created": int(time.time()),
                 "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                           "total_tokens": prompt_tokens + len(text.split())}}
 

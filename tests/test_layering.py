@@ -174,10 +174,13 @@ def test_the_tiktoken_internals_chatloom_relies_on(o200k):
     assert twin.encode_ordinary(text) == enc.encode_ordinary(text)
 
 
-def test_tiktoken_special_tokens_are_our_own_map(o200k):
+def test_tiktoken_special_tokens_are_our_own_map():
     """`special_tokens` comes from tiktoken's public API and is chatloom's own dict: changing it, or adding control
     tokens, never changes the encoding another tokenizer object holds."""
-    enc = o200k.enc
+    from chatloom import load_tokenizer
+
+    o200k = load_tokenizer(Path(__file__).parent / "fixtures" / "tiktoken" / "o200k_base.tiktoken")
+    enc = o200k.enc  # its own: the session's o200k fixture may have control tokens added by another test
     tok = TiktokenTokenizer(enc, "o200k_base")
     assert tok.special_tokens == {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
     assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == 199999

@@ -7,7 +7,8 @@ and several real Hub templates:
   strings for the built-ins, transformers' `apply_chat_template` for Hub templates), and the ids equal encoding that text
   split at the control tokens the template placed (text typed in a message never becomes a control token);
 - the mask is exactly: every token that contains a byte of a trained assistant message's content as the template renders
-  it, plus the end-of-turn token that follows it. So the supervised tokens of each assistant message decode to its
+  it (from the end of its generation prompt when the template writes more than whitespace there, Qwen3's empty
+  `<think>` block: that is the model's to write), plus the end-of-turn token that follows it. So the supervised tokens of each assistant message decode to its
   content (plus only the bytes of tokens it shares with the template) followed by the end-of-turn token, no byte of the
   content is left out and nothing else is supervised;
 - supervised tokens belong to their assistant message; `parse(render(c)) == c` where the template keeps text as it is;
@@ -120,6 +121,21 @@ def reference_ids(tok, full: str, spans: list[tuple[int, int]]) -> list[int]:
     return ids + (tok.encode(full[pos:]) if pos < len(full) else [])
 
 
+def reply_start(render, gen_render, messages: list[dict], i: int, full: str, content_at: int) -> int:
+    """Where assistant message i's reply starts in `full`: after the generation prompt of the conversation before it,
+    when `full` starts with that prompt and more than whitespace lies between it and the content (a reasoning block
+    the model writes: supervised); otherwise at its content."""
+    if gen_render is None or i == 0:
+        return content_at
+    try:
+        prompt = gen_render(messages[:i])
+    except Exception:  # the template refuses that shape
+        return content_at
+    if full.startswith(prompt) and len(prompt) <= content_at and full[len(prompt):content_at].strip():
+        return len(prompt)
+    return content_at
+
+
 def check(p, conv: Conversation, render, eot: str, gen_render=None, parse=True, hf_ids=None):
     """Every property of the module docstring for one conversation; `render(messages) -> text` is the reference."""
     tok = p.tokenizer
@@ -150,6 +166,8 @@ def check(p, conv: Conversation, render, eot: str, gen_render=None, parse=True, 
     for i, (m, (a, b), (ba, bb)) in enumerate(zip(conv.messages, spans, byte_spans, strict=True)):
         if m.role != "assistant" or not m.train:
             continue
+        a = reply_start(render, gen_render, messages, i, full, a)  # Qwen3's `<think>\n\n</think>\n\n` is the reply's
+        ba = len(full[:a].encode())
         mine = [k for k in range(len(r.ids)) if starts[k] < bb and ends[k] > ba]
         assert mine, f"message {i} has no token"
         after = next((k for k in range(mine[-1] + 1, len(r.ids)) if r.ids[k] in special_ids), None)

@@ -127,7 +127,9 @@ def test_mask_is_assistant_content_plus_end_of_turn(template, gpt2_base):
     assert sup.count(eot) == 2 and sup[-1] == eot
     first_end = sup.index(eot)
     assert p.tokenizer.decode(sup[:first_end]).strip() == "2+2 = 4"
-    assert p.tokenizer.decode(sup[first_end + 1:-1]).strip() == "3+3 = 6"
+    # Qwen3 writes an empty reasoning block before the last reply: the model's to write after the generation prompt
+    block = "<think>\n\n</think>\n\n" if "qwen3" in template else ""
+    assert p.tokenizer.decode(sup[first_end + 1:-1]).strip() == block + "3+3 = 6"
     # nothing of the system or user turns is supervised
     for i, m in enumerate(r.message_index):
         if r.mask[i]:

@@ -13,8 +13,6 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from chatloom import Conversation, Message, load_tokenizer, protocols
 from chatloom.conversation import ValidationError, load, save
@@ -106,15 +104,16 @@ def test_builtin_renders_parses_and_supervises_reasoning(name):
     assert p.text(conv) == builtin_text(name, conv)
     r = p.render(conv)
     assert p.tokenizer.decode_bytes(r.ids).decode() == builtin_text(name, conv)
-    assert supervised_text(p, r) == "Let me add: 2+2 is 4." + "It is 4." + eot
+    # everything after the header is the model's to write: the block's tags, the reasoning, the content, end of turn
+    assert supervised_text(p, r) == "<think>\nLet me add: 2+2 is 4.\n</think>\n\n" + "It is 4." + eot
     assert set(r.message_index[k] for k in range(len(r.ids)) if r.mask[k]) == {2}
     back = p.parse(r.ids)
     assert back.same_messages(conv) and back.messages[2].reasoning_content == conv.messages[2].reasoning_content
-    # off: the same ids, only content + end of turn supervised
+    # off: the same ids; the reasoning text is not supervised, its tags still are (GPT-2 cuts this one at the tags)
     p.train_reasoning = False
     off = p.render(conv)
     assert off.ids == r.ids and off.message_index == r.message_index
-    assert supervised_text(p, off) == "It is 4." + eot
+    assert supervised_text(p, off) == "<think>\n\n</think>\n\n" + "It is 4." + eot
     # the exported chat template renders the same text (transformers' apply_chat_template)
     hf = p.tokenizer.hf
     assert hf.apply_chat_template([m.to_dict() for m in conv.messages], chat_template=p.chat_template,
@@ -125,51 +124,6 @@ def test_untrained_reasoning_turn_is_not_supervised():
     p = protocols.get("chatml", gpt2())
     conv = Conversation([Message("user", "q"), Message("assistant", "a", train=False, reasoning_content="r")])
     assert p.render(conv).num_supervised == 0
-
-
-piece = st.sampled_from([" ", "  ", "\n", "\n\n", "\t", "\r\n", "🤖", "👨‍👩‍👧", "🇳🇴", "漢字", "東京", "中文，标点。",
-                         "e\u0301", "שלום", "x", "Hello", "<think>", "</think>", "<|im_end|>", "don't"])
-text = st.lists(st.one_of(piece, st.text(max_size=6)), min_size=1, max_size=6).map("".join)
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(reasoning=text, content=text.filter(lambda s: s.strip() != ""), train_reasoning=st.booleans())
-def test_chatml_reasoning_mask_from_first_principles(reasoning, content, train_reasoning):
-    """For any reasoning text: the ids spell the DESIGN string; a token is supervised iff it contains a byte of the
-    reasoning (when trained) or of the content, or is the closing end-of-turn token; no byte of either is left out."""
-    p = chatml_gpt2()
-    p.train_reasoning = train_reasoning
-    conv = Conversation([Message("user", "Q?"), Message("assistant", content, reasoning_content=reasoning)])
-    full = builtin_text("chatml", conv)
-    r = p.render(conv)
-    tok = p.tokenizer
-    pieces = [tok.token_bytes(i) for i in r.ids]
-    assert b"".join(pieces) == full.encode()
-    head = "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n<think>\n"
-    r_start = len(head.encode())
-    r_end = r_start + len(reasoning.encode())
-    c_start = r_end + len("\n</think>\n\n")
-    c_end = c_start + len(content.encode())
-    ranges = ([(r_start, r_end)] if train_reasoning else []) + [(c_start, c_end)]
-    expected, pos = [], 0
-    for b in pieces:
-        expected.append(int(any(pos < e and pos + len(b) > s for s, e in ranges if e > s)))
-        pos += len(b)
-    eot_at = next(k for k in range(len(r.ids)) if sum(map(len, pieces[:k])) >= c_end and r.ids[k] == p.end_of_turn_id)
-    expected[eot_at] = 1
-    assert r.mask == expected
-    assert all(r.message_index[k] == 1 for k in range(len(r.ids)) if r.mask[k])
-    back = p.parse(r.ids)
-    assert back.messages[1].content == content and back.messages[1].reasoning_content == reasoning
-
-
-_CHATML = {}
-
-
-def chatml_gpt2():
-    if "p" not in _CHATML:
-        _CHATML["p"] = protocols.get("chatml", gpt2())
-    return _CHATML["p"]
 
 
 # ------------------------------------------------------------------------------------------------ Hub templates
@@ -203,20 +157,51 @@ def test_qwen3_template_equals_transformers_with_reasoning(path):
         r = p.render(conv)
         assert r.ids == ids
         assert "<think>\n" + conv.messages[-1].reasoning_content.strip("\n") + "\n</think>\n\n" in text
-        # supervised: each assistant's reasoning as rendered (Qwen3 keeps it only after the last user turn) + content + eot
-        want = ""
+        # supervised: what each assistant turn holds after `<|im_start|>assistant\n` (Qwen3 keeps the reasoning block
+        # only after the last user turn), then the end of turn; off: the same without the reasoning text
+        want = off_want = ""
         for i, m in enumerate(conv.messages):
             if m.role == "assistant":
-                rendered_reasoning = m.reasoning_content.strip("\n") if i == len(conv.messages) - 1 else ""
-                if rendered_reasoning:
-                    assert rendered_reasoning in text
-                want += rendered_reasoning + m.content + "<|im_end|>"
+                last = i == len(conv.messages) - 1
+                block = "<think>\n" + m.reasoning_content.strip("\n") + "\n</think>\n\n" if last else ""
+                assert block in text
+                want += block + m.content + "<|im_end|>"
+                off_want += ("<think>\n\n</think>\n\n" if last else "") + m.content + "<|im_end|>"
         assert supervised_text(p, r) == want
         p.train_reasoning = False
         off = p.render(conv)
         assert off.ids == r.ids
-        assert supervised_text(p, off) == "".join(m.content + "<|im_end|>" for m in conv.messages if m.role == "assistant")
+        assert supervised_text(p, off) == off_want  # GPT-2 cuts these at the tags
         p.train_reasoning = True
+        assert p.parse(r.ids).same_messages(Conversation([  # what the text holds: earlier reasoning was dropped
+            Message(m.role, m.content, reasoning_content=m.reasoning_content.strip("\n")
+                    if m.reasoning_content is not None and i == len(conv.messages) - 1 else None)
+            for i, m in enumerate(conv.messages)]))
+
+
+def test_qwen3_training_template_agrees_with_trl_generation_mask():
+    """TRL's Qwen3 training template marks with `{% generation %}` what the model writes: `<think>` block, content,
+    `<|im_end|>\\n`. Used as chatloom's template, the ids are transformers' and chatloom's mask is TRL's, but for the
+    newline after `<|im_end|>` (template whitespace after the end of turn, never supervised here)."""
+    p = qwen3(TEMPLATES / "trl" / "qwen3_training.jinja")
+    convs = [thinking(), Conversation([Message("user", "Hi"), Message("assistant", "Hello! 🤖"),
+                                       Message("user", "2+2?"), Message("assistant", "4", reasoning_content="add")])]
+    for train_reasoning in (True, False):
+        p.train_reasoning = train_reasoning
+        for conv in convs:
+            msgs = [{k: v for k, v in m.to_dict().items() if k != "train"} for m in conv.messages]
+            out = p.tokenizer.hf.apply_chat_template(msgs, chat_template=p.template, tokenize=True, return_dict=True,
+                                                     return_assistant_tokens_mask=True, bos_token="", eos_token="<|im_end|>")
+            r = p.render(conv)
+            assert r.ids == list(out["input_ids"])
+            theirs = list(out["assistant_masks"])
+            ours_only = [k for k in range(len(r.ids)) if r.mask[k] and not theirs[k]]
+            theirs_only = [p.tokenizer.decode([r.ids[k]]) for k in range(len(r.ids)) if theirs[k] and not r.mask[k]]
+            assert ours_only == []
+            if train_reasoning:
+                assert set(theirs_only) == {"\n"}
+            else:  # and the reasoning text, which TRL cannot leave out
+                assert "".join(t for t in theirs_only if t != "\n").strip() in ("Let me add: 2+2 is 4.", "add")
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -245,7 +230,9 @@ def test_data_stats_count_reasoning_tokens(train_reasoning):
     assert stats.reasoning_tokens == n_reasoning
     assert stats.reasoning_supervised_tokens == (n_reasoning if train_reasoning else 0)
     assert stats.as_dict()["reasoning_supervised_tokens"] == stats.reasoning_supervised_tokens
-    assert examples[0].num_supervised == len(p.tokenizer.encode("It is 4.")) + 1 + (n_reasoning if train_reasoning else 0)
+    # the tags are supervised either way (GPT-2 cuts this text at the tags and the reasoning)
+    reply = len(p.tokenizer.encode("<think>\n")) + len(p.tokenizer.encode("\n</think>\n\nIt is 4."))
+    assert examples[0].num_supervised == reply + 1 + (n_reasoning if train_reasoning else 0)
 
 
 def test_cli_no_train_reasoning_flag(monkeypatch):
@@ -267,38 +254,3 @@ def test_cli_no_train_reasoning_flag(monkeypatch):
         assert "stub: not training" in result.output, result.output
         assert seen["cfg"].train_reasoning is want
     assert json.loads(json.dumps(seen["cfg"].to_dict()))["train_reasoning"] is True
-
-
-hub_text = st.lists(st.one_of(st.sampled_from([" ", "\n", "\n\n", "\t", "🤖", "👨‍👩‍👧", "漢字", "e\u0301", "שלום", "x", "Hello",
-                                               "don't", "3.14"]), st.text(alphabet=st.characters(blacklist_categories=["Cs"]),
-                                                                        max_size=5)),
-                    min_size=1, max_size=5).map("".join).filter(lambda s: "<" not in s and s.strip() != "")
-_QWEN = {}
-
-
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(reasoning=hub_text, content=hub_text)
-def test_qwen3_reasoning_property(reasoning, content):
-    """Qwen3's own template on random reasoning: ids equal transformers'; the mask is exactly the tokens that contain a
-    byte of the reasoning or the reply as the template renders them (`<think>\\n` + reasoning.strip('\\n') + ...), plus
-    the end-of-turn token."""
-    p = _QWEN.setdefault("p", qwen3(QWEN3))
-    conv = Conversation([Message("user", "Q?"), Message("assistant", content, reasoning_content=reasoning)])
-    text, ids = reference(p, conv)
-    r = p.render(conv)
-    assert r.ids == ids
-    head = "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n<think>\n"
-    shown_reasoning, shown_content = reasoning.strip("\n"), content.lstrip("\n")
-    assert text == head + shown_reasoning + "\n</think>\n\n" + shown_content + "<|im_end|>\n"
-    r_start = len(head.encode())
-    r_end = r_start + len(shown_reasoning.encode())
-    c_start = r_end + len("\n</think>\n\n")
-    c_end = c_start + len(shown_content.encode())
-    pieces = [p.tokenizer.token_bytes(i) for i in r.ids]
-    expected, pos = [], 0
-    for b in pieces:
-        expected.append(int(any(pos < e and pos + len(b) > s for s, e in ((r_start, r_end), (c_start, c_end)) if e > s)))
-        pos += len(b)
-    expected[len(r.ids) - 2] = 1  # <|im_end|> before the final newline
-    assert r.ids[len(r.ids) - 2] == p.end_of_turn_id
-    assert r.mask == expected

@@ -91,6 +91,24 @@ def test_generates_n_conversations_with_planned_turns_and_provenance(tmp_path):
         assert len(recorded) == 2 * c.meta["synth"]["turns"] and set(recorded) <= sent_seeds
 
 
+def test_reasoning_of_the_assistant_model_is_kept_and_not_sent_back(tmp_path):
+    """A reasoning model's `reasoning_content` lands on the assistant messages of the records; the next turn's request
+    carries only contents (earlier reasoning is not sent back, as DeepSeek's API requires and Qwen3 renders it)."""
+    def thought(body):
+        return None if body["model"].startswith("sim") else f"Thinking about {len(body['messages'])} messages 🤔"
+
+    app = create_app(reasoning=thought)
+    out = tmp_path / "synth.jsonl"
+    with serve(app) as url:
+        assert run(config(url, out, n=3)).complete
+    convs = list(load(out, require_assistant_end=True))
+    assert len(convs) == 3
+    for c in convs:
+        for k, m in enumerate(c.messages):
+            assert m.reasoning_content == (f"Thinking about {k} messages 🤔" if m.role == "assistant" else None)
+    assert all("reasoning_content" not in m for _, _, b in app.state.log for m in b["messages"])
+
+
 def test_rerun_of_a_complete_output_does_nothing(tmp_path):
     app = create_app()
     out = tmp_path / "o.jsonl"

@@ -68,18 +68,22 @@ def rows_strategy():
                                                                                           max_size=3)))
 
 
-@pytest.mark.parametrize("path", ["buckets", "short-row mask"])
+PATHS = {"buckets": 0, "chunks and buckets": 20, "short-row mask": 10**9}  # DENSE_UP_TO that forces each path
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @settings(max_examples=10, deadline=None)
 @given(shape=rows_strategy(), seed=st.integers(0, 2**16))
 def test_documents_equal_the_dense_mask_in_float32(model, path, shape, seed):
-    """Either path (the per-document buckets, or the short-row mask built from position ids) at any row length."""
+    """Every path (per-document buckets; short runs chunked under one block mask beside buckets for the long ones; the
+    short-row mask built from position ids) at any row length."""
     length, docs = shape
     batch = packed_batch(docs, length, seed)
     saved = attention.DENSE_UP_TO
-    attention.DENSE_UP_TO = 0 if path == "buckets" else 10**9
+    attention.DENSE_UP_TO = PATHS[path]
     try:
         plan = attention.make_plan(batch[1])
-        assert plan.whole_rows or (plan.runs is None) == (path == "buckets")
+        assert plan.whole_rows or (plan.runs is None) == (length > attention.DENSE_UP_TO)
         ours = loss_and_grads(model, batch, dense=False)
     finally:
         attention.DENSE_UP_TO = saved
@@ -119,8 +123,23 @@ def test_plan_partitions_the_tokens_into_buckets_of_bounded_padding(monkeypatch)
     assert whole.whole_rows and not whole.buckets
 
 
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=30), limit=st.integers(40, 90))
+def test_chunks_hold_consecutive_runs_whole_and_within_the_limit(lengths, limit):
+    starts = np.cumsum([0] + lengths[:-1])
+    chunk_starts, chunk_lengths, run_ids = attention.chunk_runs(starts, np.array(lengths), limit)
+    assert chunk_lengths.sum() == sum(lengths) and (chunk_lengths <= limit).all()
+    assert (np.diff(chunk_starts) == chunk_lengths[:-1]).all()  # chunks tile the runs in order, nothing skipped
+    cuts = set(chunk_starts.tolist())
+    assert cuts <= set(starts.tolist())  # a chunk only ever starts where a run starts
+    for start, n, ids in zip(chunk_starts, chunk_lengths, run_ids, strict=True):
+        inside = [s for s in starts if start <= s < start + n]
+        want = np.concatenate([np.full(m, j) for j, m in enumerate(lengths[list(starts).index(inside[0]):][:len(inside)])])
+        assert (ids[:n] == want).all()  # every slot numbered by its run
+
+
 @pytest.mark.parametrize("window", [None, 3, 50])
-@pytest.mark.parametrize("dense_up_to", [0, 10**9])
+@pytest.mark.parametrize("dense_up_to", [0, 12, 10**9])
 def test_document_attention_with_gqa_and_sliding_window_equals_a_masked_reference(window, dense_up_to, monkeypatch):
     monkeypatch.setattr(attention, "DENSE_UP_TO", dense_up_to)
     g = torch.Generator().manual_seed(2)

@@ -104,6 +104,25 @@ def check(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="A Llama-family model directory (chatloom's, SmolLM2, Llama, Mistral, "
+                                               "Qwen2) with safetensors weights and a byte-level BPE tokenizer."),
+    gguf: Path = typer.Option(..., "--gguf", help="Write this GGUF file (llama.cpp, llama-server, Ollama)."),
+    qtype: str = typer.Option("f16", "--type", help="f16 (float16 matrices) or q8_0 (llama.cpp's 8-bit blocks)."),
+):
+    """A model directory as one GGUF file: weights in llama.cpp's layout, the tokenizer (with the pre-tokenizer
+    llama.cpp must use), the chat template, and the end-of-turn token as eos. Check it with `chatloom check MODEL_DIR
+    --gguf FILE`."""
+    from .export_gguf import ExportError, export_gguf
+
+    try:
+        out = export_gguf(model_dir, gguf, qtype)
+    except ExportError as e:
+        fail(str(e))
+    console.print(f"wrote {out} ({qtype}, {out.stat().st_size / 2**20:.1f} MiB)")
+
+
 @tokenizer_app.command("train")
 def tokenizer_train(
     files: list[Path] = typer.Argument(..., help="Plain-text training files."),

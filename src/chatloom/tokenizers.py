@@ -11,9 +11,11 @@ from __future__ import annotations
 import bisect
 import copy
 import json
+import os
 import threading
 import unicodedata
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +43,14 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        """Ids of each text; `num_threads` > 1 lets tokenizers whose encode releases the GIL use that many cores."""
         return [self.encode(t) for t in texts]
+
+    def byte_lengths(self) -> list[int] | None:
+        """Byte length of every ordinary token by id, for tokenizers whose tokens spell the text byte for byte
+        (byte-level BPE); None otherwise. Lets masks find message boundaries by byte offsets."""
+        return None
 
     def encode_with_starts(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
         """Ids plus the character offset where each token starts (a token inside a split character gets that character)."""
@@ -126,18 +134,27 @@ class HFTokenizer(Tokenizer):
         self._bytes_cache: dict[int, bytes] = {}
         self._byte_level = _is_byte_level(rust.decoder)
         self._fast = False  # not built yet
+        self._lengths = None
         self.bos_token, self.eos_token, self.pad_token = self.hf.bos_token, self.hf.eos_token, self.hf.pad_token
 
     def encode(self, text: str) -> list[int]:
         return self._text.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        if len(texts) >= 64:
-            fast = self.fast_encoder()
-            if fast is not None:
-                encode = fast.encode_ordinary
-                return [encode(t) for t in texts]
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        # the tiktoken twin once it exists; building it is worth it from a batch of 64 texts on
+        fast = self._fast if self._fast is not False else (self.fast_encoder() if len(texts) >= 64 else None)
+        if fast is not None:
+            return map_threads(fast.encode_ordinary, texts, num_threads)
         return [e.ids for e in self._text.encode_batch(list(texts), add_special_tokens=False)]
+
+    def byte_lengths(self) -> list[int] | None:
+        """Once the tiktoken twin exists (the byte-level BPEs it accepts spell text byte for byte); None before, so
+        that rendering one conversation never pays for building it."""
+        if self._lengths is None:
+            if self._fast is False:
+                return None
+            self._lengths = _rank_lengths(_mergeable_ranks(self._fast)) if self._fast is not None else []
+        return self._lengths or None
 
     def fast_encoder(self):
         """A tiktoken encoding with the same ids as this tokenizer, for byte-level BPE tokenizers whose pre-tokenizer is
@@ -196,6 +213,7 @@ class HFTokenizer(Tokenizer):
                 if any(self._text.token_to_id(t) != self._special[t] for t in missing):
                     self._refresh()  # the two copies disagree on ids: rebuild ours from the transformers one
                 self._fast = False
+                self._lengths = None
         return missing
 
     def __len__(self) -> int:
@@ -254,6 +272,47 @@ def _tiktoken_twin(tok: HFTokenizer):
         return None
 
 
+def _rank_lengths(ranks: dict[bytes, int]) -> list[int]:
+    lengths = [0] * (max(ranks.values(), default=-1) + 1)
+    for token, rank in ranks.items():
+        lengths[rank] = len(token)
+    return lengths
+
+
+PARALLEL_MIN_CHARS = 1 << 16  # below this much text one thread is faster than handing work to others
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, threads) -> pool, shared by every tokenizer
+_POOL_LOCK = threading.Lock()
+
+
+def map_threads(encode, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+    """`[encode(t) for t in texts]`, spread over `num_threads` threads when that pays (tiktoken releases the GIL while
+    it encodes, so threads use several cores). Texts are cut into contiguous chunks of about equal characters; the
+    result is in the order of `texts`."""
+    n = len(texts)
+    if num_threads <= 1 or n < 2:
+        return [encode(t) for t in texts]
+    total = sum(map(len, texts))
+    if total < PARALLEL_MIN_CHARS:
+        return [encode(t) for t in texts]
+    key = (os.getpid(), num_threads)  # a forked child (data loader workers) has the pools but not their threads
+    with _POOL_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(num_threads, thread_name_prefix="chatloom-encode")
+    step = total / (num_threads * 4)  # a few chunks per thread even out texts of very different lengths
+    bounds, acc = [0], 0
+    for i, t in enumerate(texts):
+        acc += len(t)
+        if acc >= step * len(bounds) and i + 1 < n:
+            bounds.append(i + 1)
+    bounds.append(n)
+    chunks = [texts[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    out: list[list[int]] = []
+    for part in pool.map(lambda chunk: [encode(t) for t in chunk], chunks):
+        out += part
+    return out
+
+
 def safe_split(left: str, right: str) -> bool:
     """Whether `left + right` encodes as `encode(left) + encode(right)` for a tokenizer whose `splits_after_newline`
     holds: the regex families never join a single newline with a following visible character."""
@@ -305,6 +364,7 @@ class TiktokenTokenizer(Tokenizer):
         # our own map, from tiktoken's public API (a caller changing it cannot corrupt the encoding)
         self._special = {t: encoding.encode_single_token(t) for t in sorted(encoding.special_tokens_set)}
         self._token_lengths = None
+        self._byte_lengths = None
 
     @classmethod
     def from_file(cls, path: str | Path, name: str | None = None) -> TiktokenTokenizer:
@@ -329,9 +389,13 @@ class TiktokenTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        encode = self.enc.encode_ordinary
-        return [encode(t) for t in texts]
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        return map_threads(self.enc.encode_ordinary, texts, num_threads)
+
+    def byte_lengths(self) -> list[int] | None:
+        if self._byte_lengths is None:
+            self._byte_lengths = _rank_lengths(_mergeable_ranks(self.enc))
+        return self._byte_lengths
 
     @property
     def splits_after_newline(self) -> bool:

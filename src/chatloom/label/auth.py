@@ -1,5 +1,6 @@
-"""Accounts and sessions: argon2id password hashes, random session tokens (only their hash is stored), CSRF tokens bound
-to the session (HMAC of it), and a login limiter that slows guessing per client address and per account.
+"""Accounts and sessions: argon2id password hashes (computed in `hashing.pool`, off the event loop and below ordinary
+requests' priority), random session tokens (only their hash is stored), CSRF tokens bound to the session (HMAC of it),
+and a login limiter that slows guessing per client address and per account.
 
 The client address is the TCP peer unless the operator names the proxies whose `X-Forwarded-For` is believed
 (`chatloom label serve --forwarded-allow-ips`); a forged header from anyone else changes nothing."""
@@ -20,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
+from . import hashing
 from .models import ROLES, Session, Setting, User, now
 
 SESSION_COOKIE = "chatloom_session"
@@ -31,7 +33,7 @@ SESSION_DAYS = 7
 DEVICE_DAYS = 90
 
 hasher = PasswordHasher()  # argon2id with the library's defaults (64 MiB per hash); tests swap in cheaper parameters
-hash_slots = threading.BoundedSemaphore(4)  # a burst of logins must not allocate 64 MiB per request thread at once
+EQUALIZER = "timing-equalizer"
 
 
 class AuthError(ValueError):
@@ -41,16 +43,27 @@ class AuthError(ValueError):
 def hash_password(password: str) -> str:
     if len(password) < 8:
         raise AuthError("password must have at least 8 characters")
-    with hash_slots:
-        return hasher.hash(password)
+    return hashing.pool.run(hasher.hash, password)
 
 
-def verify_password(stored_hash: str, password: str) -> bool:
+def _verify(stored_hash: str | None, password: str) -> bool:
+    """On a hashing thread. No stored hash (no such user): hash anyway, so a missing name costs the same time."""
+    if stored_hash is None:
+        hasher.hash(EQUALIZER)
+        return False
     try:
-        with hash_slots:
-            return hasher.verify(stored_hash, password)
+        return hasher.verify(stored_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def verify_password(stored_hash: str | None, password: str) -> bool:
+    return hashing.pool.run(_verify, stored_hash, password)
+
+
+async def verify_password_async(stored_hash: str | None, password: str) -> bool:
+    """`verify_password` for the event loop: awaits the hashing pool, holding neither the loop nor a request thread."""
+    return await hashing.pool.call(_verify, stored_hash, password)
 
 
 def add_user(db: DbSession, name: str, role: str, password: str) -> User:
@@ -67,13 +80,15 @@ def add_user(db: DbSession, name: str, role: str, password: str) -> User:
     return user
 
 
+def active_user(db: DbSession, name: str) -> User | None:
+    return db.scalar(select(User).where(User.name == name, User.active.is_(True)))
+
+
 def authenticate(db: DbSession, name: str, password: str) -> User | None:
-    user = db.scalar(select(User).where(User.name == name, User.active.is_(True)))
-    if user is None:
-        with hash_slots:
-            hasher.hash("timing-equalizer")  # same work whether or not the name exists
-        return None
-    return user if verify_password(user.password_hash, password) else None
+    """The user if `password` is theirs (the same hashing work whether or not the name exists)."""
+    user = active_user(db, name)
+    ok = verify_password(user.password_hash if user is not None else None, password)
+    return user if ok and user is not None else None
 
 
 def _digest(token: str) -> str:
@@ -152,6 +167,8 @@ class LoginLimiter:
       seconds without one, and on a successful login. The wait is bounded (never a lockout), and a browser that has
       logged in to that account before (a signed device cookie) does not wait at all, so the owner is not locked out
       by someone guessing their password.
+    - Attempts in flight count too: at most `free` password checks per account run at once (from browsers not known to
+      it), so guesses sent all at once cannot all pass before the first of them has failed (`begin` / `end`).
     A refused attempt does not check the password, so it reveals nothing.
     """
 
@@ -161,6 +178,7 @@ class LoginLimiter:
         self.free, self.base, self.cap, self.forget, self.clock = free, base, cap, forget, clock
         self.failures: dict[str, deque[float]] = defaultdict(deque)
         self.accounts: dict[str, tuple[int, float]] = {}  # name -> (failures, time of the last one)
+        self.checking: dict[str, int] = {}  # name -> password checks in flight from unknown browsers
         self.lock = threading.Lock()
 
     def _recent(self, key: str, t: float) -> deque[float]:
@@ -176,20 +194,44 @@ class LoginLimiter:
 
     def wait(self, name: str, address: str, *, known_device: bool = False) -> float:
         """Seconds until this attempt may be made (0: go ahead)."""
-        t = self.clock()
         with self.lock:
-            waits = [0.0]
-            for key, limit in ((f"u:{name}|{address}", self.attempts), (f"a:{address}", self.attempts * 4)):
-                q = self._recent(key, t)
-                if len(q) >= limit:
-                    waits.append(q[-limit] + self.window - t)
-            if not known_device and name in self.accounts:
-                n, last = self.accounts[name]
-                if t - last > self.forget:
-                    del self.accounts[name]
-                else:
-                    waits.append(last + self.account_delay(n) - t)
-            return max(waits)
+            return self._wait(name, address, known_device)
+
+    def begin(self, name: str, address: str, *, known_device: bool = False) -> float:
+        """`wait`, and when that is 0 (go ahead) also room for one more check of the account in flight, which this
+        attempt then holds until `end`. Returns the seconds to wait (0: go ahead, and call `end` afterwards)."""
+        with self.lock:
+            waits = self._wait(name, address, known_device)
+            if waits > 0 or known_device:
+                return waits
+            n = self.checking.get(name, 0)
+            if n >= max(1, self.free):
+                return self.base
+            self.checking[name] = n + 1
+            return 0.0
+
+    def end(self, name: str, *, known_device: bool = False) -> None:
+        if known_device:
+            return
+        with self.lock:
+            n = self.checking.pop(name, 0) - 1
+            if n > 0:
+                self.checking[name] = n
+
+    def _wait(self, name: str, address: str, known_device: bool) -> float:
+        t = self.clock()
+        waits = [0.0]
+        for key, limit in ((f"u:{name}|{address}", self.attempts), (f"a:{address}", self.attempts * 4)):
+            q = self._recent(key, t)
+            if len(q) >= limit:
+                waits.append(q[-limit] + self.window - t)
+        if not known_device and name in self.accounts:
+            n, last = self.accounts[name]
+            if t - last > self.forget:
+                del self.accounts[name]
+            else:
+                waits.append(last + self.account_delay(n) - t)
+        return max(waits)
 
     def blocked(self, name: str, address: str) -> bool:
         return self.wait(name, address) > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..tokenizers import Tokenizer, copy_tokenizer, load_tokenizer
 from .base import Part, Protocol, ProtocolError, Rendered
 from .builtin import BUILTIN, ChatML, GPT4o, Llama3
+from .reasoning import ReasoningSplitter, split_reasoning
 from .template import TemplateProtocol, from_template, read_template_source
 
 NAMES = (*BUILTIN, "hf")
@@ -63,4 +64,4 @@ def resolve(protocol: str = "chatml", tokenizer: Tokenizer | str | None = None, 
 
 
 __all__ = ["for_model", "get", "resolve", "from_template", "read_template_source", "Protocol", "ProtocolError", "Rendered", "Part",
-           "TemplateProtocol", "GPT4o", "ChatML", "Llama3", "NAMES"]
+           "TemplateProtocol", "GPT4o", "ChatML", "Llama3", "NAMES", "ReasoningSplitter", "split_reasoning"]

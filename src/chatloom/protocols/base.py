@@ -72,7 +72,10 @@ class Protocol:
     control_tokens: tuple[str, ...] = ()
     end_of_turn: str = ""
     bos_tokens: tuple[str, ...] = ()  # tokens that, leading a conversation, start the document (message index -1)
-    train_reasoning: bool = True  # supervise assistant `reasoning_content` (off: its tokens stay in ids, not in the mask)
+    train_reasoning: bool = True  # supervise assistant `reasoning_content` (off: its tokens stay in ids, not in the
+    # mask; the block's tags stay supervised, so the model still learns to open and close it: encoder.py)
+    reasoning_tags: tuple[str, str] | None = None  # text written before / after an assistant's reasoning (`<think>\n`,
+    # `\n</think>\n\n`), None when the protocol does not render reasoning (reasoning.py splits replies with them)
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
@@ -123,9 +126,12 @@ class Protocol:
     def render(self, conv: Conversation) -> Rendered:
         return self.render_batch([conv])[0]
 
-    def render_batch(self, convs: Sequence[Conversation], add_generation_prompt: bool = False) -> list[Rendered]:
-        """Render many conversations at once: all their text goes to the tokenizer in one batch."""
-        return self.encoder.encode([self.layout(c, add_generation_prompt) for c in convs])
+    def render_batch(self, convs: Sequence[Conversation], add_generation_prompt: bool = False,
+                     workers: int = 1) -> list[Rendered]:
+        """Render many conversations at once: all their text goes to the tokenizer in one batch (each distinct text
+        once). `workers` > 1 encodes it on that many threads (tiktoken releases the GIL; batches under 64k characters
+        stay on one): worth it only on otherwise idle cores, see bench/protocol.py."""
+        return self.encoder.encode([self.layout(c, add_generation_prompt) for c in convs], workers)
 
     def prompt(self, conv: Conversation) -> list[int]:
         """The conversation so far plus the assistant header: the context the engine samples from."""

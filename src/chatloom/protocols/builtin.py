@@ -7,8 +7,11 @@ and llama.cpp apply the same format.
 
 Reasoning: an assistant message's `reasoning_content` is rendered before its content as
 `<think>\\n{reasoning}\\n</think>\\n\\n{content}` (the Qwen3 / DeepSeek-R1 convention), in every built-in format, and
-parsed back from a reply that starts with such a block. The reasoning is a content of its own in the layout (supervised
-unless `train_reasoning` is off); `<think>\\n` and `\\n</think>\\n\\n` are template text (not supervised).
+parsed back from a reply that starts with such a block. Everything after the generation prompt is what the model
+writes, so a trained turn supervises `<think>\\n`, the reasoning, `\\n</think>\\n\\n`, the content and the
+end-of-turn token; with `train_reasoning` off the reasoning text itself is not supervised, its tags still are (the model
+still learns to open and close the block; encoder.py's "framed" gaps). A message without `reasoning_content` has no
+block.
 """
 
 from __future__ import annotations
@@ -50,11 +53,13 @@ def split_tool_calls(text: str) -> tuple[str, list[dict] | None]:
 
 class TurnProtocol(Protocol):
     """A format where every message is `header(role) + content + footer`; an assistant message with reasoning is
-    `header + "<think>\\n" + reasoning + "\\n</think>\\n\\n" + content + footer` (see the module doc)."""
+    `header + "<think>\\n" + reasoning + "\\n</think>\\n\\n" + content + footer`, all of it after the header
+    supervised (the reasoning text only with `train_reasoning`; see the module doc)."""
 
     begin: str = ""
     header: str = ""
     footer: str = ""
+    reasoning_tags = (THINK_OPEN, THINK_CLOSE)
 
     def __init__(self, tokenizer):
         super().__init__(tokenizer)
@@ -76,24 +81,28 @@ class TurnProtocol(Protocol):
             gaps.append(self.footer + (heads["assistant"] if add_generation_prompt else ""))
             contents = [assistant_text(m) if m.role == "assistant" else m.content for m in msgs]
             return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs])
-        gaps, contents, trained, owners = [], [], [], []
+        gaps, contents, trained, owners, framed = [], [], [], [], []
         lead = self.begin
         for i, m in enumerate(msgs):
             sup = m.role == "assistant" and m.train
             lead += heads[m.role]
-            if m.reasoning_content is not None:  # reasoning: its own content, then the close tag as template text
-                gaps.append(lead + THINK_OPEN)
-                contents.append(m.reasoning_content)
-                trained.append(sup and self.train_reasoning)
-                owners.append(i)
+            inner = m.reasoning_content is not None
+            if inner:  # the generation prompt ends here (an empty content); the block's tags are framed gaps
+                gaps += [lead, THINK_OPEN]
+                framed += [False, sup]
+                contents += ["", m.reasoning_content]
+                trained += [sup, sup and self.train_reasoning]
+                owners += [i, i]
                 lead = THINK_CLOSE
             gaps.append(lead)
+            framed.append(inner and sup)
             contents.append(assistant_text(m) if m.role == "assistant" else m.content)
             trained.append(sup)
             owners.append(i)
             lead = self.footer
         gaps.append(self.footer + (heads["assistant"] if add_generation_prompt else ""))
-        return Layout(gaps, contents, trained, owners=owners)
+        framed.append(False)
+        return Layout(gaps, contents, trained, owners=owners, framed=framed)
 
     def parse(self, ids: Sequence[int]) -> Conversation:
         s = "".join(v if k == "token" else self.escaper.escape(v) for k, v in self.split_control(ids))

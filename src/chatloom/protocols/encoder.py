@@ -17,14 +17,18 @@ user\\n`). Text in a gap without an end-of-turn token opens the next message. Th
 what it closes (a template's default system turn) and a leading BOS token belong to no message (index -1), as does
 what the last gap opens (the generation prompt).
 
-**Reasoning.** An assistant message with `reasoning_content` is two contents of the same message in the layout (its
-reasoning, then its reply, with the template text between them, e.g. `\\n</think>\\n\\n`, as a gap that belongs to that
-message); the reasoning content has its own supervised flag (`Protocol.train_reasoning`).
+**Reasoning.** An assistant message with `reasoning_content` is several contents of the same message in the layout: an
+empty one where the generation prompt ends, its reasoning, then its reply. The gaps between contents of one message
+(the template's `<think>\\n` and `\\n</think>\\n\\n`) are *framed*: what the model writes after the generation
+prompt, so they belong to that message and are supervised when it is (a trained model learns to open and to close its
+reasoning block). The reasoning content has its own supervised flag (`Protocol.train_reasoning`): off, the reasoning
+text is not supervised but its frame still is.
 
 **Which tokens are supervised.** A token is supervised iff it contains a byte of a supervised character: the content
 (and reasoning, unless turned off) of an assistant message with `train` true, plus, for one that carries tool calls, the template text between its content
-and the end-of-turn token (where templates render the calls). The end-of-turn token that closes a trained assistant
-message is supervised. Nothing else: not headers, not template whitespace, not BOS. A token in a run of text belongs to
+and the end-of-turn token (where templates render the calls), plus the framed gaps of a trained assistant message
+(its reasoning block's tags and separators). The end-of-turn token that closes a trained assistant message is
+supervised. Nothing else: not headers, not template whitespace, not BOS. A token in a run of text belongs to
 the message of its first character, unless it is supervised: then to the supervised message.
 
 Gap compilation (splitting a gap into lead text, pre-encoded control tokens and the text between them, and trail text,
@@ -33,6 +37,7 @@ with the ownership above) is a cache inside the encoder: a template has few dist
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +45,7 @@ from dataclasses import dataclass
 from ..tokenizers import Tokenizer, safe_split
 from .base import NO_MESSAGE, Part, ProtocolError, Rendered
 from .escape import Escaper
-from .spans import token_spans
+from .spans import byte_ends, token_spans
 
 SHORT_TEXT = 32  # texts up to this many characters (headers like "assistant\n") are encoded once and kept
 MAX_CACHED = 1 << 16
@@ -58,20 +63,24 @@ class Layout:
     trained: list[bool]
     extends: list[bool] | None = None
     owners: list[int] | None = None  # message index of each content (default: content j is message j); an
-    # assistant message with reasoning has two contents, its reasoning then its reply, with the gap between them
+    # assistant message with reasoning has several contents (see the module doc), with framed gaps between them
+    framed: list[bool] | None = None  # per gap: template text the model writes inside a trained assistant turn
+    # (between two of its contents: the reasoning block's tags), supervised as a whole
 
     def owner(self, j: int) -> int:
         return self.owners[j] if self.owners is not None else j
 
 
 _NO, _EOT, _EXT = 0, 1, 2  # supervision codes of gap pieces: never, the end-of-turn token, closing text of a tool-call turn
+_TEXT, _GAP, _MULTI = "text", "gap", "multi"  # kinds of plan items (compared by identity)
 
 
 class CompiledGap:
     """A gap split once: `lead` text (before its first control token), `ids` (the control tokens and the text between
     them, pre-encoded) and `trail` text (after its last control token), with which part closes the message before."""
 
-    __slots__ = ("pieces", "lead", "lead_closes", "lead_ext", "ids", "n_close", "mask_eot", "mask_ext", "zeros",
+    __slots__ = ("pieces", "lead", "lead_closes", "lead_ext", "ids", "n_close", "n_open", "mask_eot", "mask_ext", "zeros",
+                 "ones",
                  "trail", "trail_closes", "has_controls")
 
     def __init__(self, pieces: list[tuple[str, str, bool, int]], ids: list[int], codes: list[int], closes: list[bool]):
@@ -87,9 +96,11 @@ class CompiledGap:
             self.trail, self.trail_closes = "", False
         self.ids = ids
         self.n_close = sum(closes)  # closing tokens come first
+        self.n_open = len(ids) - self.n_close
         self.mask_eot = [1 if c == _EOT else 0 for c in codes]
         self.mask_ext = [1 if c != _NO else 0 for c in codes]
         self.zeros = [0] * len(ids)
+        self.ones = [1] * len(ids)
 
 
 class Encoder:
@@ -156,6 +167,7 @@ class Encoder:
         """The layout as parts (text or control token, message, supervised): what `encode` turns into tokens."""
         n = len(layout.contents)
         ext = layout.extends or [False] * n
+        framed = layout.framed or [False] * (n + 1)
         out: list[Part] = []
         for j in range(n + 1):
             g = self.compile(layout.gaps[j], j == 0, j == n)
@@ -164,7 +176,7 @@ class Encoder:
             m_before = layout.owner(before) if before >= 0 else NO_MESSAGE
             m_after = layout.owner(after) if after >= 0 else NO_MESSAGE
             for kind, value, closes, code in g.pieces:
-                sup = trained and (code == _EOT or (code == _EXT and ext[before]))
+                sup = framed[j] or (trained and (code == _EOT or (code == _EXT and ext[before])))
                 owner = m_before if closes else m_after
                 out.append(Part(token=value, message=owner, supervised=sup) if kind == "token"
                            else Part(text=value, message=owner, supervised=sup))
@@ -181,73 +193,101 @@ class Encoder:
         return "".join(out)
 
     # ------------------------------------------------------------------------------------------------ encode
-    def encode(self, layouts: Sequence[Layout]) -> list[Rendered]:
-        """Ids, mask and message index of each layout; one tokenizer call for all the text of the batch."""
+    def encode(self, layouts: Sequence[Layout], workers: int = 1) -> list[Rendered]:
+        """Ids, mask and message index of each layout. All the text of the batch goes to the tokenizer in one call
+        (each distinct text once), spread over `workers` threads when the tokenizer can use them.
+
+        The cyclic garbage collector is paused meanwhile: encoding allocates many small acyclic containers, and each
+        collection they trigger would walk every id of the lists already built (a fifth of the time on long texts)."""
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return self._encode(layouts, workers)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _encode(self, layouts: Sequence[Layout], workers: int) -> list[Rendered]:
         tok = self.tokenizer
         can_split = tok.splits_after_newline
         short = self._short
+        cache = self._gaps
+        compile_ = self.compile
+        plan_run = self._plan_run
         plans: list[list] = []
         whole: dict[str, list[int] | None] = {}  # texts encoded as a whole (one message / one owner)
-        multi: list[str] = []  # runs whose pieces belong to different owners: need token spans
+        multi: list[str] = []  # runs whose pieces belong to different owners: need token boundaries
         for layout in layouts:
-            n = len(layout.contents)
+            contents = layout.contents
+            gaps = layout.gaps
+            n = len(contents)
             trained = layout.trained
             ext = layout.extends
             own = layout.owners
+            framed = layout.framed
             plan: list = []
             run: list[tuple[str, int, bool]] = []
+            m_before = t_before = e_before = None
             for j in range(n + 1):
-                g = self.compile(layout.gaps[j], j == 0, j == n)
-                before, after = j - 1, (j if j < n else NO_MESSAGE)
-                t_before = before >= 0 and trained[before]
-                e_before = t_before and ext is not None and ext[before]
-                if own is not None:  # contents -> messages (reasoning and reply of one message are two contents)
-                    m_before = own[before] if before >= 0 else NO_MESSAGE
-                    m_after = own[after] if after >= 0 else NO_MESSAGE
+                first, last = j == 0, j == n
+                gap = gaps[j]
+                g = cache.get((gap, first, last)) or compile_(gap, first, last)
+                if first:
+                    m_before, t_before, e_before = NO_MESSAGE, False, False
                 else:
-                    m_before, m_after = before, after
+                    m_before = own[j - 1] if own is not None else j - 1
+                    t_before = trained[j - 1]
+                    e_before = t_before and ext is not None and ext[j - 1]
+                m_after = NO_MESSAGE if last else (own[j] if own is not None else j)
+                f = framed is not None and framed[j]  # the reasoning block's tags: supervised, of that message
                 if g.lead:
-                    run.append((g.lead, m_before if g.lead_closes else m_after, e_before and g.lead_ext))
+                    run.append((g.lead, m_before if g.lead_closes else m_after, f or (e_before and g.lead_ext)))
                 if g.has_controls:
                     if run:
-                        self._plan_run(run, plan, whole, multi, can_split, short)
+                        plan_run(run, plan, whole, multi, can_split, short)
                         run = []
-                    mask = (g.mask_ext if e_before else g.mask_eot) if t_before else g.zeros
-                    plan.append((g, m_before, m_after, mask))
+                    mask = g.ones if f else (g.mask_ext if e_before else g.mask_eot) if t_before else g.zeros
+                    plan.append((_GAP, g, m_before, m_after, mask))
                     if g.trail:
-                        run.append((g.trail, m_before if g.trail_closes else m_after, False))
-                if j < n:
-                    run.append((layout.contents[j], m_after, trained[j]))
+                        run.append((g.trail, m_before if g.trail_closes else m_after, f))
+                if not last:
+                    run.append((contents[j], m_after, trained[j]))
             if run:
-                self._plan_run(run, plan, whole, multi, can_split, short)
+                plan_run(run, plan, whole, multi, can_split, short)
             plans.append(plan)
         todo = [t for t, v in whole.items() if v is None]
-        if todo:
-            for t, ids in zip(todo, tok.encode_batch(todo), strict=True):
+        spans_of = iter(())
+        if todo or multi:
+            texts = todo + multi
+            encoded = tok.encode_batch(texts, workers) if workers > 1 else tok.encode_batch(texts)
+            for t, ids in zip(todo, encoded, strict=False):
                 whole[t] = ids
                 if len(t) <= SHORT_TEXT and len(short) < MAX_CACHED:
                     short[t] = ids
-        spans_of = iter(self._encode_multi(multi)) if multi else iter(())
+            spans_of = iter(self._bounds(multi, encoded[len(todo):]))
         out = []
         for plan in plans:
             ids: list[int] = []
             mask: list[int] = []
             msg: list[int] = []
             for item in plan:
-                kind = type(item)
-                if kind is tuple and len(item) == 4:  # a gap's control tokens (and the text between them)
-                    g, before, after, gmask = item
-                    ids += g.ids
-                    mask += gmask
-                    msg += [before] * g.n_close + [after] * (len(g.ids) - g.n_close)
-                elif kind is tuple:  # one text, one owner
-                    text, message, sup = item
-                    seg = whole[text]
+                tag = item[0]
+                if tag is _TEXT:  # one text, one owner
+                    seg = whole[item[1]]
+                    k = len(seg)
                     ids += seg
-                    mask += [1 if sup else 0] * len(seg)
-                    msg += [message] * len(seg)
+                    mask += [1 if item[3] else 0] * k
+                    msg += [item[2]] * k
+                elif tag is _GAP:  # a gap's control tokens (and the text between them)
+                    g = item[1]
+                    ids += g.ids
+                    mask += item[4]
+                    if g.n_close:
+                        msg += [item[2]] * g.n_close
+                    msg += [item[3]] * g.n_open
                 else:  # pieces of several owners encoded together
-                    seg_ids, seg_mask, seg_msg = self._assign(item, next(spans_of))
+                    seg_ids, seg_mask, seg_msg = self._assign(item[1], next(spans_of))
                     ids += seg_ids
                     mask += seg_mask
                     msg += seg_msg
@@ -255,16 +295,19 @@ class Encoder:
         return out
 
     def _plan_run(self, run, plan, whole, multi, can_split, short):
-        """A run of text between control tokens -> plan items: (text, message, supervised) where one owner has it,
-        else a list of such pieces encoded together (cut where the tokenizer never merges across)."""
-        merged: list[tuple[str, int, bool]] = []
-        for piece in run:
-            if not piece[0]:
-                continue
-            if merged and merged[-1][1] == piece[1] and merged[-1][2] == piece[2]:
-                merged[-1] = (merged[-1][0] + piece[0], piece[1], piece[2])
-            else:
-                merged.append(piece)
+        """A run of text between control tokens -> plan items: (_TEXT, text, message, supervised) where one owner has
+        it, else (_MULTI, pieces) encoded together (a run is cut where the tokenizer never merges across)."""
+        if len(run) == 1:
+            merged = run if run[0][0] else []
+        else:
+            merged = []
+            for piece in run:
+                if not piece[0]:
+                    continue
+                if merged and merged[-1][1] == piece[1] and merged[-1][2] == piece[2]:
+                    merged[-1] = (merged[-1][0] + piece[0], piece[1], piece[2])
+                else:
+                    merged.append(piece)
         if not merged:
             return
         groups = [[merged[0]]]
@@ -275,39 +318,46 @@ class Encoder:
                 groups[-1].append(piece)
         for group in groups:
             if len(group) == 1:
-                text = group[0][0]
+                text, message, sup = group[0]
                 if text not in whole:
                     whole[text] = short.get(text)
-                plan.append(group[0])
+                plan.append((_TEXT, text, message, sup))
             else:
                 multi.append("".join(p[0] for p in group))
-                plan.append(group)
+                plan.append((_MULTI, group))
 
-    def _encode_multi(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    def _bounds(self, texts: list[str], encoded: list[list[int]]) -> list[tuple[list[int], bool, list[int], list[int]]]:
+        """For each multi-owner text: (ids, in_bytes, token starts, token ends), in bytes for tokenizers whose tokens
+        spell the text byte for byte (from a table of token byte lengths), else in characters (spans.py)."""
         tok = self.tokenizer
+        lengths = tok.byte_lengths() if texts else None
         out = []
-        for text, ids in zip(texts, tok.encode_batch(texts), strict=True):
+        for text, ids in zip(texts, encoded, strict=True):
+            if lengths is not None:
+                ends = byte_ends(lengths, ids)
+                if ends is not None and (ends[-1] if ends else 0) == len(text.encode("utf-8")):
+                    out.append((ids, True, [0, *ends[:-1]], ends))
+                    continue
             try:
                 spans = token_spans(tok, text, ids)
             except ValueError:  # tokens do not spell the text byte for byte: the tokenizer's own offsets
                 ids, starts = tok.encode_with_starts([text])[0]
                 spans = token_spans(tok, text, ids, starts)
-            out.append((ids, spans))
+            out.append((ids, False, [a for a, _ in spans], [b for _, b in spans]))
         return out
 
     @staticmethod
-    def _assign(group, encoded) -> tuple[list[int], list[int], list[int]]:
+    def _assign(group, bounds) -> tuple[list[int], list[int], list[int]]:
         """The rule for a run of pieces of several owners: a token belongs to the piece its first character is in; a
-        token that contains a character of a supervised piece is supervised and belongs to that piece's message."""
-        ids, spans = encoded
-        firsts = [a for a, _ in spans]
-        ends = [b for _, b in spans]
+        token that contains a character of a supervised piece is supervised and belongs to that piece's message.
+        (In bytes: pieces end on character boundaries, so a token holds a byte of a piece iff it holds a character.)"""
+        ids, in_bytes, firsts, ends = bounds
         mask = [0] * len(ids)
         msg = [NO_MESSAGE] * len(ids)
         pos = 0
         supervised = []
         for text, message, sup in group:
-            end = pos + len(text)
+            end = pos + (len(text.encode("utf-8")) if in_bytes and not text.isascii() else len(text))
             a, b = bisect_left(firsts, pos), bisect_left(firsts, end)
             msg[a:b] = [message] * (b - a)
             if sup:

@@ -27,9 +27,11 @@ class Skeleton:
     ROLES = ("system", "user", "assistant")
     PROBE_TEXTS = ("P", " spaced out \n", "\nnew\nlines\n\n", "<think>x</think> y", "  ", "tab\there")
 
-    def __init__(self, proto, trim: bool = False):
+    def __init__(self, proto, trim: bool = False, think: tuple[str, str] | None = None, reader: bool = False):
         self.proto = proto
         self.trim = trim  # the template strips message content (`content | trim`), e.g. Llama 3
+        self.reader = reader  # for reading only (parse), never for rendering
+        self.think = think  # a reader's reasoning tags: an empty block before assistant content is read as content
         self.first: dict[tuple, str] = {}  # (first role, second role or END, gen) -> text before the first content
         self.gap: dict[tuple, str] = {}  # (prev role, next role, prev is first) -> text between contents
         self.last: dict[tuple, str] = {}  # (last role, is first, gen) -> text after the last content
@@ -39,8 +41,18 @@ class Skeleton:
         return cls._learn(proto, trim=False) or cls._learn(proto, trim=True)
 
     @classmethod
-    def _learn(cls, proto, trim: bool) -> Skeleton | None:
-        sk = cls(proto, trim)
+    def learn_reader(cls, proto, think: tuple[str, str] | None) -> Skeleton | None:
+        """A skeleton for reading only (`parse`), for templates that normalise some text, so that the strict skeleton
+        fails: those that write a reasoning block (`think` tags) before some assistant contents and not others (Qwen3:
+        only after the last user message; the block is read as part of the content, the protocol splits it off),
+        or that rewrite what they render. It is kept when
+        reading each probe rendering back gives a conversation that renders to the same text."""
+        return (cls._learn(proto, trim=False, think=think, reader=True)
+                or cls._learn(proto, trim=True, think=think, reader=True))
+
+    @classmethod
+    def _learn(cls, proto, trim: bool, think: tuple[str, str] | None = None, reader: bool = False) -> Skeleton | None:
+        sk = cls(proto, trim, think, reader)
         shapes = [("user", "assistant"), ("system", "user", "assistant"), ("user", "assistant", "user", "assistant"),
                   ("system", "user", "assistant", "user", "assistant", "user"), ("user",), ("system", "user"),
                   ("user", "assistant", "user"), ("system", "user", "assistant", "user", "assistant")]
@@ -54,7 +66,10 @@ class Skeleton:
                     texts = [cls.PROBE_TEXTS[(k + j) % len(cls.PROBE_TEXTS)] + f"{j}" for j in range(len(shape))]
                     conv = Conversation([Message(r, t) for r, t in zip(shape, texts, strict=True)])
                     expected = proto.render_escaped(conv, gen)
-                    if sk._text(conv, gen) != expected:
+                    if reader:  # what it reads back must render to the same text
+                        if proto.read_back(sk, expected) is None:
+                            return None
+                    elif sk._text(conv, gen) != expected:
                         return None
         except (TemplateError, KeyError, ProtocolError):
             return None
@@ -75,13 +90,17 @@ class Skeleton:
         for j in range(len(shape) - 1):
             entries.append((self.gap, (shape[j], shape[j + 1], j == 0), text[cuts[j][1]: cuts[j + 1][0]]))
         entries.append((self.last, (shape[-1], len(shape) == 1, gen), text[cuts[-1][1]:]))
+        if self.think is not None:  # an empty reasoning block before an assistant content is the content's
+            block = "".join(self.think)
+            entries = [(t, k, v[: -len(block)] if v.endswith(block) and nxt == "assistant" else v)
+                       for (t, k, v), nxt in zip(entries, [*shape, END], strict=True)]
         for table, key, value in entries:
             if table.setdefault(key, value) != value:
                 return False
         return True
 
     def covers(self, conv: Conversation) -> bool:
-        if conv.tools:
+        if conv.tools or self.reader:  # a reader does not render
             return False
         n = len(conv.messages)
         for j, m in enumerate(conv.messages):

@@ -15,6 +15,7 @@ start offsets.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 from ..tokenizers import Tokenizer
 
@@ -63,3 +64,13 @@ def _from_starts(n_chars: int, starts: Sequence[int]) -> list[tuple[int, int]]:
             end = n_chars
         out.append((s, max(end, s + 1)))
     return out
+
+
+def byte_ends(lengths: Sequence[int], ids: Sequence[int]) -> list[int] | None:
+    """End byte offset of each token, from a table of token byte lengths by id (`Tokenizer.byte_lengths`): for
+    tokenizers whose tokens spell the text, token k covers bytes `ends[k-1] .. ends[k]-1`. None when an id is not in
+    the table."""
+    try:
+        return list(accumulate(map(lengths.__getitem__, ids)))
+    except IndexError:
+        return None

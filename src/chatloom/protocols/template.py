@@ -12,7 +12,11 @@ with injected text they stay plain text.
 Reasoning: an assistant message's `reasoning_content` is passed to the template as the message's `reasoning_content`
 (as transformers does); where the template renders it (Qwen3: inside `<think>`), it is a content of its own in the
 layout, supervised unless `train_reasoning` is off. A template that drops it (Qwen3 for turns before the last user
-query) drops it from the ids too.
+query) drops it from the ids too. Everything the template writes for an assistant turn after its generation prompt is
+what the model must generate, so it is supervised: the `<think>\\n` ... `\\n</think>\\n\\n` frame around the reasoning
+(and Qwen3's empty `<think>\\n\\n</think>\\n\\n` before a last reply without reasoning) whether `train_reasoning` is on or
+off (encoder.py's framed gaps), then content and end-of-turn token. Whitespace alone between the generation prompt and
+the content (`[/INST] ` + reply) stays template text, as before.
 
 Mask: assistant content plus the end-of-turn token that closes it (no `{% generation %}` markers needed); the
 end-of-turn token is the first control token the template places after an assistant reply (`<|im_end|>`, `</s>`,
@@ -75,6 +79,9 @@ class TemplateProtocol(Protocol):
         self.bos_tokens = (self.template_vars["bos_token"],) if self.template_vars["bos_token"] else ()
         self.skeleton = None
         self.end_of_turn = ""
+        self._generation_prompt: str | None = None
+        self._reasoning_tags: tuple | None = None  # (tags,) once learned
+        self._reader: tuple | None = None  # (Skeleton or None,) once learned
         if tokenizer is None:
             self.tokenizer = None
             self.added_tokens = []
@@ -139,9 +146,9 @@ class TemplateProtocol(Protocol):
                             "with its end-of-turn token (e.g. '<end_of_turn>') or use a tokenizer that has it")
 
     # ------------------------------------------------------------------------------------------------ layout
-    def render_batch(self, convs, add_generation_prompt: bool = False):
+    def render_batch(self, convs, add_generation_prompt: bool = False, workers: int = 1):
         self._usable()
-        return super().render_batch(convs, add_generation_prompt)
+        return super().render_batch(convs, add_generation_prompt, workers)
 
     def layout(self, conv: Conversation, add_generation_prompt: bool = False) -> Layout:
         self._usable()
@@ -159,7 +166,8 @@ class TemplateProtocol(Protocol):
         full = self.render_escaped(conv, add_generation_prompt)
         escape = self.escaper.escape
         msgs = conv.messages
-        spans = [self._span_by_sentinel(conv, i, full, add_generation_prompt, escape(m.content)) for i, m in enumerate(msgs)]
+        spans = [self._span_by_sentinel(conv, i, full, add_generation_prompt, escape(m.content)) or None
+                 for i, m in enumerate(msgs)]
         for i, span in enumerate(spans):  # a content after a later message's was moved there (a system prompt)
             if span is not None and any(s is not None and s[0] < span[0] for s in spans[i + 1:]):
                 spans[i] = None
@@ -169,7 +177,18 @@ class TemplateProtocol(Protocol):
         trained: list[bool] = []
         extends: list[bool] = []
         for i, m in enumerate(msgs):
-            if m.role == "assistant" and m.reasoning_content:  # where the template renders it (Qwen3: in <think>)
+            turn_start, first_cut = cursor, len(cuts)
+            r_span = None
+            if m.role == "assistant" and m.reasoning_content is not None:  # where the template renders it, if it does
+                r_span = self._span_by_sentinel(conv, i, full, add_generation_prompt, escape(m.reasoning_content),
+                                                key="reasoning_content")
+                if r_span and r_span[0] >= cursor and (spans[i] is None or r_span[1] <= spans[i][0]):
+                    cuts.append(r_span)
+                    owners.append(i)
+                    trained.append(m.train and self.train_reasoning)
+                    extends.append(False)
+                    cursor = r_span[1]
+            if r_span is None and m.role == "assistant" and m.reasoning_content:  # no sentinel answer: look for it
                 limit = spans[i][0] if spans[i] is not None and spans[i][0] >= cursor else -1
                 if limit < 0:  # before the end of this turn (not the end of the previous one, right at the cursor)
                     skip = cursor + len(full[cursor:]) - len(full[cursor:].lstrip())
@@ -208,6 +227,13 @@ class TemplateProtocol(Protocol):
                 end = at + len(target)
             cuts.append((at, end))
             cursor = end
+            if m.role == "assistant":
+                reply = self._reply_start(full, turn_start, cuts[first_cut][0])
+                if reply is not None:  # what the model writes before the content (Qwen3's `<think>` block) is framed
+                    cuts.insert(first_cut, (reply, reply))
+                    owners.insert(first_cut, i)
+                    trained.insert(first_cut, m.train)
+                    extends.insert(first_cut, False)
             if m.role == "assistant":  # the next message starts after this turn's end
                 turn_end = full.find(self.end_of_turn, end)
                 following = escape(msgs[i + 1].content).strip() if i + 1 < len(msgs) else ""
@@ -219,20 +245,53 @@ class TemplateProtocol(Protocol):
         gaps.append(full[cuts[-1][1]:])
         unescape = self.escaper.unescape
         contents = [unescape(full[a:b]) for a, b in cuts]
-        return Layout(gaps, contents, trained, extends, owners if len(owners) > len(msgs) else None)
+        if len(owners) == len(msgs):
+            return Layout(gaps, contents, trained, extends)
+        framed = [False] + [owners[j] == owners[j + 1] and msgs[owners[j]].role == "assistant" and msgs[owners[j]].train
+                            for j in range(len(cuts) - 1)] + [False]
+        return Layout(gaps, contents, trained, extends, owners, framed)
+
+    def _reply_start(self, full: str, lo: int, hi: int) -> int | None:
+        """Where an assistant turn's reply starts in `full`: right after the template's generation prompt, if it is
+        found between `lo` (the turn's start) and `hi` (its first content) and more than whitespace follows it there
+        (a reasoning block, `<think>\\n\\n</think>\\n\\n` included); None otherwise (the content starts the reply)."""
+        gen = self.generation_prompt
+        if not gen or hi <= lo:
+            return None
+        at = full.rfind(gen, lo, hi)
+        if at < 0 or not full[at + len(gen): hi].strip():
+            return None
+        return at + len(gen)
+
+    @property
+    def generation_prompt(self) -> str:
+        """The text `add_generation_prompt` appends after a user turn (escaped; `<|im_start|>assistant\\n` for Qwen3),
+        or "" for a template that appends nothing or makes it depend on the conversation."""
+        if self._generation_prompt is None:
+            probe = Conversation([Message("user", "Hi")])
+            try:
+                without, with_ = self.render_escaped(probe, False), self.render_escaped(probe, True)
+            except TemplateError:
+                without, with_ = "", ""
+            self._generation_prompt = with_[len(without):] if with_.startswith(without) else ""
+        return self._generation_prompt
 
     _SENTINEL = "\u2063\u2062S\u2062\u2063"
 
-    def _span_by_sentinel(self, conv: Conversation, i: int, full: str, gen: bool, target: str) -> tuple[int, int] | None:
-        """(start, end) of message i's content in `full`, from a rendering with a sentinel in its place; None when the
-        template renders the sentinel other than once, changes the text around it, or changes more than whitespace."""
+    def _span_by_sentinel(self, conv: Conversation, i: int, full: str, gen: bool, target: str,
+                          key: str = "content") -> tuple[int, int] | bool | None:
+        """(start, end) of message i's content (or other `key`) in `full`, from a rendering with a sentinel in its
+        place; False when the template does not render it at all (the rendering is `full` unchanged); None when the
+        template renders the sentinel more than once, changes the text around it, or changes more than whitespace."""
         msgs = message_dicts(conv)
-        msgs[i]["content"] = self._SENTINEL
+        msgs[i][key] = self._SENTINEL
         try:
             text = self.render_escaped(conv, gen, msgs)
         except TemplateError:
             return None
         at = text.find(self._SENTINEL)
+        if at < 0 and text == full:
+            return False
         if at < 0 or text.find(self._SENTINEL, at + 1) >= 0:
             return None
         tail = len(text) - at - len(self._SENTINEL)
@@ -246,17 +305,98 @@ class TemplateProtocol(Protocol):
 
     # ------------------------------------------------------------------------------------------------ parse
     def parse(self, ids: Sequence[int]) -> Conversation:
+        """Ids back to the conversation the text holds. Templates with a skeleton read their contents with it (an
+        assistant content that starts with the template's reasoning block is read as reasoning + content when that
+        renders to the same text); templates that write a reasoning block before some replies only (Qwen3) are read
+        by a reader skeleton, and what it reads must render back to the same text. What a template normalised away
+        (Qwen3 drops the reasoning of turns before the last user message) is not in the text, so not in the result."""
         self._usable()
-        if self.skeleton is None:
-            raise ProtocolError("hf: this template is not regular enough to be parsed back (no skeleton)")
         s = "".join(v if k == "token" else self.escaper.escape(v) for k, v in self.split_control(ids))
-        messages = self.skeleton.parse(s)
-        if messages is None:
-            raise ProtocolError(f"hf: ids do not follow this chat template: {self.escaper.unescape(s[:80])!r}...")
+        if self.skeleton is not None:
+            messages = self.skeleton.parse(s)
+            if messages is None:
+                raise ProtocolError(f"hf: ids do not follow this chat template: {self.escaper.unescape(s[:80])!r}...")
+            plain = self._conversation(messages, split=False)
+            split = self._conversation(messages, split=True)
+            conv = split if not split.same_messages(plain) and self._renders_to(split, s) else plain
+        else:
+            reader = self.reader
+            if reader is None:
+                raise ProtocolError("hf: this template is not regular enough to be parsed back (no skeleton)")
+            conv = self.read_back(reader, s)
+            if conv is None:
+                raise ProtocolError(f"hf: ids do not follow this chat template: {self.escaper.unescape(s[:80])!r}...")
         try:
-            return Conversation([Message(r, self.escaper.unescape(c)) for r, c in messages]).validate()
+            return conv.validate()
         except ValidationError as e:
             raise ProtocolError(f"hf: parsed conversation is not valid: {e}") from e
+
+    @property
+    def reasoning_tags(self) -> tuple[str, str] | None:
+        """The text the template writes around an assistant's reasoning, before and after it (`<think>\\n`,
+        `\\n</think>\\n\\n` for Qwen3), learned by rendering a probe; None if it does not render reasoning."""
+        if self._reasoning_tags is None:
+            self._reasoning_tags = (self._learn_reasoning_tags(),)
+        return self._reasoning_tags[0]
+
+    def _learn_reasoning_tags(self) -> tuple[str, str] | None:
+        r, c = "\u2063R\u2063", "\u2063C\u2063"
+        probe = Conversation([Message("user", "Hi"), Message("assistant", c, reasoning_content=r)])
+        try:
+            text = self.render_escaped(probe, False)
+        except TemplateError:
+            return None
+        gen = self.generation_prompt
+        at_r, at_c = text.find(r), text.find(c)
+        if not gen or text.count(r) != 1 or text.count(c) != 1 or not 0 <= at_r < at_c:
+            return None
+        start = text.rfind(gen, 0, at_r)
+        if start < 0:
+            return None
+        open_, close = self.escaper.unescape(text[start + len(gen): at_r]), self.escaper.unescape(text[at_r + len(r): at_c])
+        return (open_, close) if open_.strip() and close.strip() else None
+
+    @property
+    def reader(self) -> Skeleton | None:
+        """The skeleton `parse` reads with when the template has no skeleton but renders reasoning (learned on first
+        use; Qwen3)."""
+        if self._reader is None:
+            tags = self.reasoning_tags
+            self._reader = (Skeleton.learn_reader(self, tuple(self.escaper.escape(t) for t in tags)) if tags else None,)
+        return self._reader[0]
+
+    def read_back(self, skeleton: Skeleton, s: str) -> Conversation | None:
+        """The conversation an escaped rendering `s` holds, read by `skeleton` with reasoning blocks split off; None
+        unless it renders back to `s` exactly."""
+        messages = skeleton.parse(s)
+        if messages is None:
+            return None
+        conv = self._conversation(messages, split=True)
+        return conv if self._renders_to(conv, s) else None
+
+    def _conversation(self, messages: list[tuple[str, str]], split: bool) -> Conversation:
+        """Parsed (role, escaped text) pairs as a Conversation; `split`: an assistant text that starts with the
+        reasoning block is its reasoning and its content."""
+        unescape = self.escaper.unescape
+        out = []
+        tags = self.reasoning_tags if split else None
+        for role, text in messages:
+            text, reasoning = unescape(text), None
+            if tags is not None and role == "assistant" and text.startswith(tags[0]):
+                close = text.find(tags[1], len(tags[0]))
+                if close >= 0:
+                    reasoning, text = text[len(tags[0]): close], text[close + len(tags[1]):]
+            out.append(Message(role, text, reasoning_content=reasoning))
+        return Conversation(out)
+
+    def _renders_to(self, conv: Conversation, s: str) -> bool:
+        for gen in (False, True):
+            try:
+                if self.render_escaped(conv, gen) == s:
+                    return True
+            except TemplateError:
+                return False
+        return False
 
     @property
     def chat_template(self) -> str:

@@ -1,6 +1,10 @@
 """`POST /v1/chat/completions` over the scheduler: validate, tokenize off the event loop, submit one job of `n` rows, then
 either collect the rows into one JSON answer or stream them as server-sent events.
 
+Reasoning: for a model whose protocol renders reasoning (`protocol.reasoning_tags`), the `<think>` block the model
+writes is returned as `message.reasoning_content` (streaming: `delta.reasoning_content`) and the rest as `content`, the
+DeepSeek / vLLM convention (protocols/reasoning.py); a reply without a block has no `reasoning_content`.
+
 A row that fails while decoding fails its own request only: the non-streaming answer is a 500 in OpenAI's error shape,
 a stream gets an error event and ends; either way the request's other rows are cancelled and its batch-mates decode
 on. A client that goes away frees its rows at the next decoding step.
@@ -19,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from ..engine import ContextWindowError
+from ..protocols.reasoning import ReasoningSplitter, split_reasoning
 from .errors import ApiError, error_body
 from .scheduler import Job
 from .schemas import ChatCompletionRequest, to_conversation
@@ -32,6 +37,7 @@ class Reply:
     model: str
     prompt_tokens: int
     n: int
+    reasoning_tags: tuple[str, str] | None = None  # the protocol's: split replies into reasoning and content
     id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -52,7 +58,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         state.scheduler.submit(job)
     except OverflowError as e:
         raise ApiError(429, str(e), code="rate_limit_exceeded", type="rate_limit_error") from None
-    reply = Reply(job, state.model_name, len(job.requests[0].prompt_ids), body.n)
+    reply = Reply(job, state.model_name, len(job.requests[0].prompt_ids), body.n,
+                  getattr(state.engine.protocol, "reasoning_tags", None))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(stream(reply, request, include_usage), media_type="text/event-stream",
@@ -75,11 +82,24 @@ async def collect(reply: Reply, request: Request) -> dict:
         watcher.cancel()
         if len(done) < reply.n:
             job.cancel()  # an error, or the client went away: free the other rows
-    choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+    choices = [{"index": i, "message": message(c.text, reply.reasoning_tags), "finish_reason": c.finish_reason,
                 "logprobs": None} for i, c in sorted(done.items())]
     return {"id": reply.id, "object": "chat.completion", "created": reply.created, "model": reply.model,
             "choices": choices, "usage": usage(reply.prompt_tokens, sum(c.completion_tokens for c in done.values())),
             "chatloom": {"dropped_messages": job.requests[0].dropped_messages}}
+
+
+def message(text: str, tags: tuple[str, str] | None) -> dict:
+    reasoning, content = split_reasoning(text, tags)
+    out = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        out["reasoning_content"] = reasoning
+    return out
+
+
+def delta(parts: tuple[str, str]) -> dict:
+    reasoning, content = parts
+    return {**({"reasoning_content": reasoning} if reasoning else {}), **({"content": content} if content else {})}
 
 
 async def stream(reply: Reply, request: Request, include_usage: bool):
@@ -90,6 +110,7 @@ async def stream(reply: Reply, request: Request, include_usage: bool):
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     job, finished, completion_tokens = reply.job, 0, 0
+    splitters = [ReasoningSplitter(reply.reasoning_tags) if reply.reasoning_tags else None for _ in range(reply.n)]
     watcher = asyncio.create_task(cancel_when_gone(request, job))
     try:
         for i in range(reply.n):
@@ -97,10 +118,14 @@ async def stream(reply: Reply, request: Request, include_usage: bool):
         while finished < reply.n:
             kind, i, payload = await job.events.get()
             if kind == "delta":
-                yield chunk([{"index": i, "delta": {"content": payload}, "finish_reason": None}])
+                d = delta(splitters[i].push(payload)) if splitters[i] else {"content": payload}
+                if d:
+                    yield chunk([{"index": i, "delta": d, "finish_reason": None}])
             elif kind == "done":
                 finished += 1
                 completion_tokens += payload.completion_tokens
+                if splitters[i] and (d := delta(splitters[i].finish())):
+                    yield chunk([{"index": i, "delta": d, "finish_reason": None}])
                 yield chunk([{"index": i, "delta": {}, "finish_reason": payload.finish_reason}])
             else:
                 body = error_body(f"choice {i} failed while decoding: {payload}", type="server_error")

@@ -51,6 +51,7 @@ class ChatMessage(BaseModel):
     content: Text | list[TextPart] | None = None
     name: Text | None = None
     tool_call_id: Text | None = None
+    reasoning_content: Text | None = None  # an assistant's reasoning (DeepSeek / vLLM), rendered as the protocol does
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -103,11 +104,12 @@ class TokensRequest(BaseModel):
 
 def to_conversation(messages: list[ChatMessage]) -> Conversation:
     """The Conversation the messages describe (`developer` is `system`), or an ApiError saying which field is wrong."""
-    total = sum(len(m.text()) for m in messages)
+    total = sum(len(m.text()) + len(m.reasoning_content or "") for m in messages)
     if total > MAX_CHARACTERS:
         raise ApiError(400, f"messages hold {total} characters; the limit is {MAX_CHARACTERS}", "messages", "too_long")
     raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
-            **({"name": m.name} if m.name else {}), **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {})}
+            **({"name": m.name} if m.name else {}), **({"tool_call_id": m.tool_call_id} if m.tool_call_id else {}),
+            **({"reasoning_content": m.reasoning_content} if m.reasoning_content is not None else {})}
            for m in messages]
     try:
         return Conversation.from_dict({"messages": raw})

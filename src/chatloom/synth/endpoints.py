@@ -135,6 +135,7 @@ class EndpointError(Exception):
 class Reply:
     text: str
     finish_reason: str | None
+    reasoning: str | None = None  # the `reasoning_content` a reasoning model returned beside its content (DeepSeek, vLLM)
 
 
 def _classify(e: Exception) -> tuple[str, bool, bool]:
@@ -207,7 +208,9 @@ class ChatEndpoint:
                 self.usage.errors["no_choice"] = self.usage.errors.get("no_choice", 0) + 1
                 last = "no_choice (the response had no message)"
                 continue
-            return Reply(choice.message.content or "", choice.finish_reason)
+            reasoning = getattr(choice.message, "reasoning_content", None)  # an extra field of the openai model
+            return Reply(choice.message.content or "", choice.finish_reason,
+                         reasoning if isinstance(reasoning, str) else None)
         reason = last.split(" ", 1)[0] or "error"
         raise EndpointError(self.role, reason, f"gave up after {self.retry.max_retries + 1} attempts; last: {last}")
 

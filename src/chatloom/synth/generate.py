@@ -137,8 +137,8 @@ class _Run:
         meta = self.meta(p, attempt)
         request_seeds: list[int | None] = meta["synth"]["sampling"]["request_seeds"]  # one per turn, sent as `seed`
 
-        def add(role: str, text: str, finish_reason: str | None) -> Rejection | None:
-            messages.append({"role": role, "content": text})
+        def add(role: str, text: str, finish_reason: str | None, reasoning: str | None = None) -> Rejection | None:
+            messages.append({"role": role, "content": text, **({"reasoning_content": reasoning} if reasoning else {})})
             finish.append(finish_reason)
             return check_turn(len(messages) - 1, messages[-1], finish_reason, allow_refusal=p.seed.allow_refusal,
                               config=cfg.filters)
@@ -158,8 +158,10 @@ class _Run:
             if rejection := add("user", user_text, finish_reason):
                 return None, rejection, {"messages": messages, "meta": meta}
             request_seeds.append(rng.randrange(2**31))
-            reply = await self.assistant.complete(messages, seed=request_seeds[-1])
-            if rejection := add("assistant", reply.text.strip(), reply.finish_reason):
+            # earlier reasoning is kept in the record, not sent back (DeepSeek's API refuses it; Qwen3 drops it)
+            sent = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
+            reply = await self.assistant.complete(sent, seed=request_seeds[-1])
+            if rejection := add("assistant", reply.text.strip(), reply.finish_reason, reply.reasoning):
                 return None, rejection, {"messages": messages, "meta": meta}
         rejection = check(messages, expected_turns=p.turns, finish_reasons=finish, allow_refusal=p.seed.allow_refusal,
                           config=cfg.filters)

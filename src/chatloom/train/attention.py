@@ -2,13 +2,14 @@
 
 Packed rows carry per-document position ids (0, 1, ... restarting at every example; padding is one more run). Instead
 of a dense (B, 1, L, L) block-diagonal mask, "chatloom_sdpa" cuts the rows into document runs where the position ids
-restart, groups the runs by length into a few buckets (lengths rounded up to 2^k or 1.5 * 2^k, so padding inside a
-bucket stays under half the work), and runs SDPA with `is_causal=True` once per bucket on the gathered runs, then puts
-the outputs back in row order. Padding a run at its end never changes it: under a causal mask no real token sees the
-padded slots, and their outputs are dropped (they get no gradient). A row of 16,384 tokens of short conversations
-costs what its conversations cost: about (number of documents) x (document length)^2, not 16,384^2. Rows of up to
-`DENSE_UP_TO` (1,024) tokens instead get one SDPA call with a block-diagonal mask built from the same position ids:
-there the L x L work is small and one call beats a dozen small ones.
+restart. Rows of up to `DENSE_UP_TO` (1,024) tokens get one SDPA call with a block-diagonal mask built from those runs:
+there the L x L work is small and one call beats a dozen small ones. Longer rows are re-cut: consecutive short runs
+are gathered into chunks of at most `DENSE_UP_TO` tokens (cut only where a run starts), and all chunks go through one
+SDPA call with their own block-diagonal masks, so a row of 16,384 tokens of short conversations costs what sixteen
+rows of 1,024 cost. Runs longer than a chunk are grouped by length into a few buckets (lengths rounded up to 2^k or
+1.5 * 2^k, so padding inside a bucket stays under half the work) and run with `is_causal=True`. Outputs go back in row
+order. Padding a run or a chunk at its end never changes it: under the causal (or block) mask no real token sees the
+padded slots, and their outputs are dropped (they get no gradient).
 
 On CPU under bf16 autocast the attention core runs in float32: PyTorch's CPU flash kernel is slower in bf16 than in
 fp32 for the small heads chatloom trains (fwd+bwd of one `small` layer at [16, 8, 256, 32]: 58 ms in bf16, 35 ms in
@@ -44,6 +45,14 @@ MASK_FREE = (NAME, "flash_attention_2", "flash_attention_3")
 class Bucket:
     gather: torch.Tensor  # (n, P) flat token indices (B * L layout) of n runs padded to P; padded slots read token 0
     pad: torch.Tensor | None  # (n * P, 1, 1) bool, True at padded slots (None: no padding in this bucket)
+    runs: torch.Tensor | None = None  # chunks of several runs: (n, P) run ids (padding: one more run); None: one run
+    masks: dict | None = None  # the chunks' additive block-diagonal masks, by (dtype, window)
+
+    def mask(self, dtype: torch.dtype, window: int | None) -> torch.Tensor:
+        key = (dtype, window)
+        if key not in self.masks:
+            self.masks[key] = block_mask(self.runs, dtype, window)
+        return self.masks[key]
 
 
 @dataclass
@@ -62,19 +71,24 @@ class Plan:
         return self.source is None and self.runs is None
 
     def mask(self, dtype: torch.dtype, window: int | None) -> torch.Tensor:
-        """(B, 1, L, L) additive block-diagonal causal mask (short rows only): SDPA's CPU backward is ~2x faster with
-        an additive mask than with a boolean one."""
+        """(B, 1, L, L) block-diagonal causal mask of the short rows."""
         key = (dtype, window)
         if key not in self.masks:
-            length = self.runs.shape[1]
-            i = torch.arange(length, device=self.runs.device)
-            allowed = i[None, :] <= i[:, None]
-            if window:
-                allowed = allowed & (i[:, None] - i[None, :] < window)
-            allowed = (self.runs[:, :, None] == self.runs[:, None, :]) & allowed
-            self.masks[key] = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-                ~allowed, torch.finfo(dtype).min)[:, None]
+            self.masks[key] = block_mask(self.runs, dtype, window)
         return self.masks[key]
+
+
+def block_mask(runs: torch.Tensor, dtype: torch.dtype, window: int | None) -> torch.Tensor:
+    """(N, 1, P, P) additive causal mask that keeps each slot within its run of `runs` (N, P) (and within `window`):
+    SDPA's CPU backward is ~2x faster with an additive mask than with a boolean one."""
+    length = runs.shape[1]
+    i = torch.arange(length, device=runs.device)
+    allowed = i[None, :] <= i[:, None]
+    if window:
+        allowed = allowed & (i[:, None] - i[None, :] < window)
+    allowed = (runs[:, :, None] == runs[:, None, :]) & allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def bucket_length(n: int) -> int:
@@ -107,19 +121,54 @@ def make_plan(position_ids: torch.Tensor) -> Plan:
         runs = np.zeros(b * length, dtype=np.int64)
         runs[starts] = 1
         return Plan((b, length), [], None, torch.from_numpy(np.cumsum(runs).reshape(b, length)).to(device), {})
-    sizes = np.array([min(bucket_length(int(n)), length) for n in lengths])
     buckets, source, slots = [], np.empty(b * length, dtype=np.int64), 0
+    short = lengths <= DENSE_UP_TO
+    if short.any():  # consecutive short runs -> chunks of at most DENSE_UP_TO tokens, one masked SDPA call for all
+        chunk_starts, chunk_lengths, run_ids = chunk_runs(starts[short], lengths[short], DENSE_UP_TO)
+        size = int(chunk_lengths.max())
+        offs = np.arange(size)
+        real = offs[None, :] < chunk_lengths[:, None]
+        tokens = chunk_starts[:, None] + offs[None, :]
+        source[tokens[real]] = np.flatnonzero(real.reshape(-1))
+        slots = real.size
+        runs = np.where(real, run_ids, -1)  # padding: one more run of its own, after the real ones
+        pad = None if real.all() else torch.from_numpy(~real.reshape(-1, 1, 1)).to(device)
+        buckets.append(Bucket(torch.from_numpy(np.where(real, tokens, 0)).to(device), pad,
+                              torch.from_numpy(runs).to(device), {}))
+    long_starts, long_lengths = starts[~short], lengths[~short]
+    sizes = np.array([min(bucket_length(int(n)), length) for n in long_lengths], dtype=np.int64)
     for size in np.unique(sizes):
         members = np.flatnonzero(sizes == size)
         offs = np.arange(size)
-        real = offs[None, :] < lengths[members][:, None]
-        tokens = starts[members][:, None] + offs[None, :]
+        real = offs[None, :] < long_lengths[members][:, None]
+        tokens = long_starts[members][:, None] + offs[None, :]
         gather = np.where(real, tokens, 0)
         source[tokens[real]] = slots + np.flatnonzero(real.reshape(-1))
         slots += gather.size
         pad = None if real.all() else torch.from_numpy(~real.reshape(-1, 1, 1)).to(device)
         buckets.append(Bucket(torch.from_numpy(gather).to(device), pad))
     return Plan((b, length), buckets, torch.from_numpy(source).to(device))
+
+
+def chunk_runs(starts: np.ndarray, lengths: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy chunks of runs that follow each other in the flat token order (each run <= `limit`): (chunk starts,
+    chunk lengths, (chunks, longest chunk) run ids, each slot numbered by its run within the chunk)."""
+    chunk_of = np.empty(len(starts), dtype=np.int64)
+    chunk, filled, end = -1, limit + 1, -1
+    for i, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+        if s != end or filled + n > limit:  # a gap (a long run between) or full: a new chunk
+            chunk, filled = chunk + 1, 0
+        chunk_of[i], filled, end = chunk, filled + n, s + n
+    count = chunk + 1
+    chunk_starts = np.full(count, np.iinfo(np.int64).max)
+    np.minimum.at(chunk_starts, chunk_of, starts)
+    chunk_lengths = np.bincount(chunk_of, weights=lengths, minlength=count).astype(np.int64)
+    size = int(chunk_lengths.max())
+    run_ids = np.zeros((count, size), dtype=np.int64)
+    offsets = starts - chunk_starts[chunk_of]  # where each run begins inside its chunk
+    first = offsets > 0
+    np.add.at(run_ids, (chunk_of[first], offsets[first]), 1)
+    return chunk_starts, chunk_lengths, np.cumsum(run_ids, axis=1)
 
 
 _cache: tuple[weakref.ref, int, Plan] | None = None
@@ -218,7 +267,11 @@ def document_attention(query, key, value, position_ids, *, scale=None, dropout=0
         def heads(x, n=n, size=size):
             return x.view(n, size, x.shape[1], d).transpose(1, 2)
 
-        out = _sdpa(heads(q), heads(k), heads(v), scale=scale, dropout=dropout, window=window)
+        if bucket.runs is not None:
+            out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bucket.mask(q.dtype, window),
+                                                 dropout_p=dropout, scale=scale, enable_gqa=k.shape[1] != h)
+        else:
+            out = _sdpa(heads(q), heads(k), heads(v), scale=scale, dropout=dropout, window=window)
         pieces.append(out.transpose(1, 2).reshape(n * size, h, d))
     return _FromRuns.apply(plan, *pieces).view(b, length, h, d)
 
