@@ -1,20 +1,22 @@
 """Decoding speed: chatloom's engine versus transformers `generate()` on the same model and prompts (greedy).
 
-Contenders: `chatloom` (the engine's lean Llama decoder), `chatloom_transformers_forward` (the engine's loop over the
-transformers forward, the path for non-Llama models), with --int8 `chatloom_int8` (dynamic int8 Linears through the
-transformers forward) and `chatloom_int8_lean` (per-channel int8 inside the lean decoder, what `--quantize int8` uses for
-Llama-family models), and `transformers_generate`. The model has SmolLM2-135M's shape (Llama, hidden 576, 30 layers, 9 heads, 3 kv heads, vocab 49152) with random weights,
-built in code (no download). Both sides are forced to generate exactly `--new` tokens (stop tokens ignored), so the
-numbers are new tokens per second of the same work: per wall-clock second (`*_tok_s`, `ratio_*`) and per second of
-this process's CPU time (`*_tok_per_cpu_s`, `cpu_ratio_*`), which is far steadier when other jobs share the CPU
-(use --threads 1 there; two OpenMP threads on a busy CPU wait for each other). Optionally (--server) it also measures
+Contenders (one JSON, batch 1 and any --batch, interleaved repeats, the median): per --dtype `chatloom_<fp32|bf16>`
+(the engine's lean Llama decoder), `chatloom_transformers_forward_<dtype>` (the engine over the transformers forward,
+the path for non-Llama models) and `transformers_generate_<dtype>`; per --quantize `chatloom_int8` / `chatloom_int4`
+(the lean decoder with quantized weights, what `--quantize` uses); with --int8 the dynamic int8 Linears through the
+transformers forward; with --gguf `llama_cpp` (llama-cpp-python on the file itself, batch 1, its version recorded).
+The model is SmolLM2-135M-Instruct converted from --gguf, or SmolLM2-135M's shape with random weights (no download).
+Every side generates exactly `--new` tokens (stop tokens ignored): new tokens per wall-clock second (`*_tok_s`) and
+per second of this process's CPU time (`*_tok_per_cpu_s`, steadier when other jobs share the CPU; use --threads 1
+there). Batch-1 decoding is bound by memory bandwidth, so the bench measures the read bandwidth (a 1 GB buffer) and,
+per contender, the limit = bandwidth / weight bytes read per token and the fraction reached (`*_fraction_of_limit`);
+--profile adds where each chatloom precision's step time goes (torch profiler). Optionally (--server) it also measures
 `chatloom serve` over loopback: 16 streaming clients arriving 100 ms apart, time to first token p50/p95 and completed
 tokens/s, with continuous batching and batch at a time (the scheduler before it), alternating in the same run.
-Batch-1 decoding is bound by memory bandwidth, so the bench also measures the read bandwidth (a 1 GB buffer) and, per
-path, the limit = bandwidth / weight bytes read per token and the fraction of it reached (`*_fraction_of_limit`).
 Timings on a shared CPU are noisy: read the ratios, measured in the same run.
 
-    python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--batch 1 8] [--int8] [--threads N]
+    python bench/generate.py [--new 64] [--dtype float32 bfloat16] [--quantize int8 int4] [--batch 1 8] [--int8]
+                             [--threads N] [--profile] [--no-llama-cpp]
                              [--server [--server-only] [--clients 16] [--arrival 0.1] [--max-batch 8]]
                              [--gguf SmolLM2-135M-Instruct.Q4_1.gguf | --model-dir DIR]
 """
