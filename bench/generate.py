@@ -161,8 +161,10 @@ def llama_cpp_contender(gguf: Path, proto, new: int):
     the end-of-turn token is not a stop, like the other contenders), the same thread count as torch."""
     import llama_cpp
 
-    threads = torch.get_num_threads()
-    llm = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    from chatloom.llamacpp import open_llama
+
+    threads = torch.get_num_threads()  # weights not repacked: 0.3.36's AMX repacking crashes here (chatloom.llamacpp)
+    llm = open_llama(gguf, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
 
     def run(convs):
         assert len(convs) == 1, "llama.cpp is measured at batch 1"

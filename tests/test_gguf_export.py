@@ -66,26 +66,12 @@ def llama_cpp():
 
 
 def load_llama(llama_cpp, path, vocab_only: bool = False):
-    """A llama.cpp model on one thread; `logits_all` keeps the logits of every evaluated token in `.scores`.
+    """A llama.cpp model on one thread, weights not repacked (see `chatloom.llamacpp`); `logits_all` keeps the logits
+    of every evaluated token in `.scores`."""
+    from chatloom.llamacpp import open_llama
 
-    Without weight repacking (`use_extra_bufts`, which `Llama()` does not expose): on CPUs with AMX (this machine's
-    Xeon) llama.cpp 0.3.36 repacks Q8_0 matrices for its AMX kernels and then crashes (SIGSEGV) in the first decode,
-    for any Q8_0 file; the plain CPU kernels compute the same function."""
-    import llama_cpp.llama_cpp as low
-
-    defaults = low.llama_model_default_params
-
-    def no_repack():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-
-    low.llama_model_default_params = no_repack
-    try:
-        return llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, n_batch=256, vocab_only=vocab_only, verbose=False,
-                               seed=0, logits_all=True)
-    finally:
-        low.llama_model_default_params = defaults
+    return open_llama(path, n_ctx=256, n_threads=1, n_batch=256, vocab_only=vocab_only, verbose=False, seed=0,
+                      logits_all=True)
 
 
 def llama_ids(llm, text: str) -> list[int]:
