@@ -111,6 +111,7 @@ class Message(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), nullable=True, index=True)
     role: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
+    reasoning_content: Mapped[str | None] = mapped_column(Text, nullable=True)  # an assistant's reasoning, as imported
     depth: Mapped[int] = mapped_column(Integer, default=0)
     author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True, index=True)
     author_label: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -1,6 +1,7 @@
 """Import seed prompts or finished conversations into a project, and export its trees as Conversation records whose
 `meta` carries the provenance of every message (authors, times, drafts and how much they were edited, instruction
-versions, review summaries, ranking scores).
+versions, review summaries, ranking scores). An assistant message's `reasoning_content` is stored on import and written
+back on export exactly as it came (and only where there was one).
 
 `--threads best` follows the ranking at every branch (one conversation per tree); `--threads all` writes every path that
 ends in an assistant reply.
@@ -111,7 +112,7 @@ def import_file(db: DbSession, project: Project, path: str | Path, *, on_error: 
         for depth, m in enumerate(turns):
             author = authors[depth] if authors and depth < len(authors) and isinstance(authors[depth], str) else label
             msg = Message(tree_id=tree.id, parent_id=parent.id if parent else None, role=m.role, text=m.content,
-                          depth=depth, author_id=None, author_label=author, instruction_version=version)
+                          reasoning_content=m.reasoning_content, depth=depth, author_id=None, author_label=author, instruction_version=version)
             db.add(msg)
             db.flush()
             parent = msg
@@ -203,7 +204,7 @@ def export_project(db: DbSession, project: Project, threads: str = "best",
 
 def _conversation(project: Project, tree: Tree, path: list[Message], reviews, score, threads: str) -> Conversation:
     messages = ([ConvMessage("system", tree.system_prompt)] if tree.system_prompt else [])
-    messages += [ConvMessage(m.role, m.text) for m in path]
+    messages += [ConvMessage(m.role, m.text, reasoning_content=m.reasoning_content) for m in path]  # None: key left out
     provenance, authors = [], []
     for m in path:
         author = f"labeler:{m.author.name}" if m.author is not None else (m.author_label or "unknown")
