@@ -151,3 +151,31 @@ def test_evaluation_judges_content_not_reasoning(engine):
     assert report["metrics"]["refusal_rate"] == 0.5 and report["metrics"]["false_refusal_rate"] == 0.0
     assert report["metrics"]["identity_accuracy"] == 0.5 and report["metrics"]["protocol_adherence"] == 1.0
     assert report["samples"][0]["reply"] == "Sure! First, find a well." and report["samples"][0]["reasoning"] == sorry
+
+
+class CtrlC(io.StringIO):
+    """The terminal: Ctrl+C arrives once `trigger` has been shown (as it does, wherever the reply is)."""
+
+    def __init__(self, trigger: str):
+        super().__init__()
+        self.trigger = trigger
+
+    def write(self, s):
+        n = super().write(s)
+        if self.trigger and self.trigger in self.getvalue():
+            self.trigger = None
+            raise KeyboardInterrupt
+        return n
+
+
+def test_chat_interrupted_in_the_reasoning_keeps_what_was_thought(engine):
+    e = scripted(engine, by_prompt(engine.tokenizer, table(engine)))
+    out = CtrlC("I'm so")
+    session = ChatSession(e, GREEDY, out=out, console=Console(file=out, highlight=False, color_system=None, width=200))
+    assert session.handle("What is 2+2?")
+    assert "[interrupted]" in out.getvalue()
+    [user, cut] = session.turns
+    assert cut.content == "" and REASONING.startswith(cut.reasoning_content) and "I'm so" in cut.reasoning_content
+    session.handle("/tokens")  # the partial turn renders as the template does, reasoning block and all
+    assert "[interrupted]" in out.getvalue() and "supervised" in out.getvalue()
+    assert session.handle("plain") and session.turns[-1] == Message("assistant", CONTENT)
