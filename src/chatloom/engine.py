@@ -21,6 +21,7 @@ import torch
 
 from .conversation import Conversation, Message
 from .protocols import Protocol
+from .protocols.reasoning import split_reasoning
 
 
 class ContextWindowError(ValueError):
@@ -67,7 +68,8 @@ class SamplingParams:
 @dataclass
 class Completion:
     """One generated assistant turn. `ids` are all generated ids (ending with the end-of-turn id when the model stopped
-    by itself); `text` is their text without the end-of-turn token and cut before a stop string."""
+    by itself); `text` is their text without the end-of-turn token and cut before a stop string (a reasoning block
+    included); `reasoning_tags` are the protocol's (None: it does not render reasoning), which `to_message` splits by."""
 
     text: str
     ids: list[int]
@@ -75,9 +77,17 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     dropped_messages: int = 0  # oldest turns left out to fit the context window
+    reasoning_tags: tuple[str, str] | None = None  # the protocol's `reasoning_tags`
+
+    def split(self) -> tuple[str | None, str]:
+        """(reasoning or None, content) of the reply: the `<think>` block the model wrote, split off as the server
+        does (`protocols.reasoning.split_reasoning`); a protocol without reasoning: (None, text)."""
+        return split_reasoning(self.text, self.reasoning_tags)
 
     def to_message(self) -> Message:
-        return Message("assistant", self.text)
+        """The reply as the assistant message to send back: its reasoning in `reasoning_content`, the rest in `content`."""
+        reasoning, content = self.split()
+        return Message("assistant", content, reasoning_content=reasoning)
 
 
 class TextStream:
@@ -666,6 +676,7 @@ class _Row:
             raise ContextWindowError(f"the prompt is {prompt} tokens; the context window is {engine.max_context} tokens")
         request.max_new = self.max_new
         self.text = TextStream(engine.tokenizer, p.stop)
+        self.reasoning_tags = getattr(engine.protocol, "reasoning_tags", None)
         self.plain_greedy = p.greedy and p.repetition_penalty == 1.0
         self.generator = None
         if p.seed is not None and not p.greedy:
@@ -723,7 +734,7 @@ class _Row:
         if delta and request.on_delta:
             request.on_delta(delta)
         request.completion = Completion(self.text.text, list(request.ids), reason, len(request.prompt_ids),
-                                        len(request.ids), request.dropped_messages)
+                                        len(request.ids), request.dropped_messages, self.reasoning_tags)
         if request.on_finish:
             request.on_finish(request.completion)
         return True

@@ -78,11 +78,12 @@ def evaluate(model_dir, data: str | Path | Sequence[Conversation] | None = None,
     for item, reply in zip(items, replies):
         adh = probes_mod.adherence(reply.ids, reply.finish_reason, proto.end_of_turn_id, control_ids, reply.text,
                                    tuple(t for t in proto.control_tokens if t))
-        checks = item.checks(reply.text)
+        checks = item.checks(reply.content)  # the answer, not the reasoning before it
         passed = all(checks.values()) if checks else None
         samples.append({"id": item.id, "kind": item.kind, "tags": item.tags,
                         "prompt": [m.to_dict() for m in item.prompt.messages], "expect": item.reference,
-                        "reply": reply.text, "finish_reason": reply.finish_reason, "completion_tokens": len(reply.ids),
+                        "reply": reply.content, **({"reasoning": reply.reasoning} if reply.reasoning is not None else {}),
+                        "finish_reason": reply.finish_reason, "completion_tokens": len(reply.ids),
                         **adh, "passed": passed, "checks": checks})
     info = {"data": (str(data) if isinstance(data, str | Path) else "(conversations)") if data is not None else None}
     if probe_list:

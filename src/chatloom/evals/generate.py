@@ -1,4 +1,9 @@
-"""The one place evals generate text: greedy replies from a model directory through `chatloom.engine.Engine`."""
+"""The one place evals generate text: greedy replies from a model directory through `chatloom.engine.Engine`.
+
+A reply of a model that writes a reasoning block (`<think>...</think>`, its protocol's `reasoning_tags`) is judged on
+its `content` only: the block is split off as the server and `Completion.to_message` do, so a refusal or an identity
+answer that only appears in the reasoning does not count. Adherence still looks at everything generated (`text`, `ids`).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,11 @@ from ..conversation import Conversation
 
 @dataclass
 class Reply:
-    text: str
+    text: str  # everything generated (a reasoning block included), without the end-of-turn token
     ids: list[int]
     finish_reason: str
+    content: str  # what is judged: `text` without its reasoning block
+    reasoning: str | None = None  # the reasoning block's text (None: the reply has none)
 
 
 def load_engine(model_dir, protocol=None, quantize: str | None = None):
@@ -32,7 +39,9 @@ def generate(engine, prompts: Sequence[Conversation], max_tokens: int = 64, batc
     out: list[Reply] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        out += [Reply(c.text, list(c.ids), c.finish_reason) for c in engine.generate(list(chunk), params)]
+        for c in engine.generate(list(chunk), params):
+            reasoning, content = c.split()
+            out.append(Reply(c.text, list(c.ids), c.finish_reason, content, reasoning))
         if on_batch:
             on_batch(len(chunk))
     return out

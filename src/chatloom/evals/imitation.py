@@ -210,7 +210,7 @@ def analyse(engine, train: str | Path | Sequence[Conversation], heldout: Sequenc
         task = bar.add_task("imitation: answering training prompts", total=len(prompts), rate="")
         replies = generate(engine, prompts, max_tokens=max_tokens, on_batch=lambda k: bar.advance(task, k))
     examples = [example(index, p, answer, "held-out probes") for p, answer in heldout]
-    examples += [example(index, p, r.text, "training sample") for p, r in zip(prompts, replies)]
+    examples += [example(index, p, r.content, "training sample") for p, r in zip(prompts, replies)]
     return summarize(examples, threshold, train=str(train) if isinstance(train, str | Path) else "(conversations)",
                      train_conversations=index.conversations, train_answers=len(index), train_sample=len(prompts),
                      seed=seed)

@@ -141,7 +141,8 @@ def answers_html(reports: Sequence[dict], per_kind: int = 4) -> str:
             t = r["samples"][i]
             cls = "" if t["passed"] is None else (" ok" if t["passed"] else " bad")
             stop = "stopped at end of turn" if t["stopped"] else f"no end of turn ({t['finish_reason']})"
-            cells.append(cell(Html(f"{esc(t['reply'])}<div class='meta'>{esc(stop)}</div>"), "reply" + cls))
+            thought = f"<div class='meta'>{esc(t['reasoning'])}</div>" if t.get("reasoning") is not None else ""
+            cells.append(cell(Html(f"{thought}{esc(t['reply'])}<div class='meta'>{esc(stop)}</div>"), "reply" + cls))
         rows.append([cell(s.get("kind") or "", "meta"), cell(prompt_text(s), "reply"), cell(s["expect"], "reply"), *cells])
     return table(["probe", "prompt", "reference", *(label_of(r) for r in reports)], rows)
 

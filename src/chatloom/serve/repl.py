@@ -1,5 +1,9 @@
 """`chatloom chat`: talk to a model in the terminal. Replies stream as they are sampled; the conversation is multi-turn.
 
+A model whose protocol renders reasoning (`protocol.reasoning_tags`) writes a `<think>` block first: it is shown dimmed
+before the answer and kept in the history as the turn's `reasoning_content` (the rest is its `content`), split as the
+server splits it (`protocols.reasoning`), so the next turn renders it as the template does, not as text of the answer.
+
 Commands: `/system TEXT` (set the system message), `/reset` (forget the turns), `/save FILE` (write the conversation as
 one Conversation JSONL record), `/tokens` (the token view of the conversation so far), `/help`, `/quit`. Ctrl+C stops
 the reply being generated.
@@ -14,6 +18,7 @@ from rich.console import Console
 
 from ..conversation import Conversation, Message, save
 from ..engine import ContextWindowError, Engine, SamplingParams
+from ..protocols.reasoning import ReasoningSplitter
 
 HELP = ("/system TEXT  set the system message · /reset  start over · /save FILE  write the conversation (JSONL) · "
         "/tokens  show the conversation as tokens · /quit")
@@ -84,13 +89,12 @@ class ChatSession:
         conv = self.conversation()
         self.out.write("assistant> ")
         self.out.flush()
-        pieces = []
+        tags = getattr(self.engine.protocol, "reasoning_tags", None)
+        shown = _Shown(self, ReasoningSplitter(tags) if tags else None)
         stream = self.engine.stream(conv, self.params)
         try:
             for delta in stream:
-                pieces.append(delta)
-                self.out.write(delta)
-                self.out.flush()
+                shown.push(delta)
         except ContextWindowError as e:
             self.turns.pop()
             self.out.write("\n")
@@ -98,13 +102,15 @@ class ChatSession:
             return
         except KeyboardInterrupt:  # Ctrl+C stops this reply, not the session
             stream.close()
+            reasoning, content = shown.finish()
             self.out.write("\n")
             self.say("[interrupted]")
-            if pieces and "".join(pieces).strip():
-                self.turns.append(Message("assistant", "".join(pieces)))
+            if content.strip() or (reasoning or "").strip():
+                self.turns.append(Message("assistant", content, reasoning_content=reasoning))
             else:
                 self.turns.pop()
             return
+        shown.finish()
         completion = self.engine.last_completion
         self.out.write("\n")
         note = f"[{completion.completion_tokens} tokens, {completion.finish_reason}"
@@ -115,6 +121,38 @@ class ChatSession:
 
     def say(self, text: str):
         self.console.print(text, style="dim", markup=False)
+
+
+class _Shown:
+    """Writes one streamed reply: its reasoning dimmed as it comes, then (on a new line) its content."""
+
+    def __init__(self, session: ChatSession, splitter: ReasoningSplitter | None):
+        self.session, self.splitter = session, splitter
+        self.text: list[str] = []  # everything streamed (a protocol without reasoning: all of it is content)
+        self.in_reasoning = False
+
+    def push(self, delta: str) -> None:
+        self.text.append(delta)
+        self._show(*(self.splitter.push(delta) if self.splitter else ("", delta)))
+
+    def finish(self) -> tuple[str | None, str]:
+        """Flush what the splitter held back; (reasoning or None, content) of what was streamed."""
+        if not self.splitter:
+            return None, "".join(self.text)
+        self._show(*self.splitter.finish())
+        return self.splitter.reasoning, self.splitter.content
+
+    def _show(self, reasoning: str, content: str) -> None:
+        out = self.session.out
+        if reasoning:
+            self.in_reasoning = True
+            self.session.console.print(reasoning, style="dim", end="", markup=False, highlight=False, soft_wrap=True)
+        if content:
+            if self.in_reasoning:
+                out.write("\n")
+                self.in_reasoning = False
+            out.write(content)
+        out.flush()
 
 
 def run(engine: Engine, params: SamplingParams, system: str | None = None, stdin=None) -> ChatSession:
