@@ -25,12 +25,13 @@ or SmolLM2 / Llama / Mistral / Qwen2 checkpoints), with the `gguf` package's wri
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from . import model_meta
 
 TYPES = ("f16", "q8_0")
 
@@ -85,13 +86,7 @@ class Plan:
 
 # ------------------------------------------------------------------------------------------------ reading the directory
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(data, dict):
-        raise ExportError(f"{path}: expected a JSON object")
-    return data
+    return model_meta.read_json_object(path, ExportError)
 
 
 def _config(model_dir: Path) -> tuple[dict, str, bool]:

@@ -23,12 +23,17 @@ def read(model_dir: str | Path) -> dict:
     meta = path(model_dir)
     if not meta.is_file():
         return {}
+    return read_json_object(meta)
+
+
+def read_json_object(file: Path, error: type[ValueError] = ValueError) -> dict:
+    """A JSON file that must hold an object; `error` (a ValueError) names the file, line and what is wrong."""
     try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{meta}: not valid JSON ({e.msg} at line {e.lineno})") from e
+        raise error(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{meta}: expected a JSON object, got {type(data).__name__}")
+        raise error(f"{file}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
