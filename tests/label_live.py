@@ -14,10 +14,10 @@ import httpx
 import pytest
 import uvicorn
 from argon2 import PasswordHasher
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from chatloom.label import auth
-from chatloom.label.db import Database
+from chatloom.label.db import Database, migrate
 from chatloom.label.pgscratch import fresh_pg  # noqa: F401  (test modules import it from here)
 
 PW = "correct horse battery"
@@ -149,3 +149,28 @@ class LabelServeProcess:
             self.proc.wait(timeout=10)
         except Exception:
             self.proc.kill()
+
+
+def database_at(db_url: str, revision: str, roles: tuple[str, ...]) -> Database:
+    """A database migrated only to `revision`, holding PEOPLE, project 1 ('old'), its instructions and tree 1 with
+    messages 1 (the user's prompt) and 2.. (replies to it, one per entry of `roles` after the first), written with
+    that revision's SQL: the state a migration after it must carry forward."""
+    database = Database(db_url, run_migrations=False)
+    migrate(database.engine, revision)
+    with database.session() as s:
+        for name, role in PEOPLE:
+            auth.add_user(s, name, role, PW)
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO projects (id, name, protocol, replies_per_prompt, reviews_per_message, "
+                          "rankings_per_prompt, max_depth, created_at) VALUES (1, 'old', 'chatml', 2, 1, 1, 3, "
+                          "'2026-01-01')"))
+        conn.execute(text("INSERT INTO instructions (project_id, version, markdown, created_at) "
+                          "VALUES (1, 1, 'x', '2026-01-01')"))
+        conn.execute(text("INSERT INTO trees (id, project_id, created_at, deleted) VALUES (1, 1, '2026-01-01', false)"))
+        for mid, role in enumerate(roles, start=1):
+            parent = None if mid == 1 else 1
+            conn.execute(text("INSERT INTO messages (id, tree_id, parent_id, role, text, depth, author_label, created_at,"
+                              " updated_at, time_spent_s, deleted, version) VALUES (:id, 1, :p, :r, :t, :d, 'import', "
+                              "'2026-01-01', '2026-01-01', 0, false, 1)"),
+                         {"id": mid, "p": parent, "r": role, "t": f"m{mid}", "d": 0 if parent is None else 1})
+    return database

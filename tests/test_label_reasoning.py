@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect, select, text
 
-from chatloom.label import auth, service, transfer
+from chatloom.label import service, transfer
 from chatloom.label.app import create_app
 from chatloom.label.db import Database, current_revision, downgrade, head_revision, migrate
 from chatloom.label.models import Message
 
-from .label_live import PEOPLE, PW, login, user
+from .label_live import PW, database_at, login, user
 
 pytest_plugins = ["tests.label_live"]  # the database fixtures: db_url, db, people, cheap hashing
 
@@ -134,23 +134,7 @@ def test_message_page_shows_reasoning_read_only_escaped_above_the_reply(db, peop
 
 
 def test_migration_0004_adds_reasoning_to_a_database_with_data_and_downgrades(db_url):
-    database = Database(db_url, run_migrations=False)
-    migrate(database.engine, "0003")
-    with database.session() as s:
-        for name, role in PEOPLE:
-            auth.add_user(s, name, role, PW)
-    with database.engine.begin() as conn:  # a project with a conversation, written at the previous revision
-        conn.execute(text("INSERT INTO projects (id, name, protocol, replies_per_prompt, reviews_per_message, "
-                          "rankings_per_prompt, max_depth, created_at) VALUES (1, 'old', 'chatml', 2, 1, 1, 3, "
-                          "'2026-01-01')"))
-        conn.execute(text("INSERT INTO instructions (project_id, version, markdown, created_at) "
-                          "VALUES (1, 1, 'x', '2026-01-01')"))
-        conn.execute(text("INSERT INTO trees (id, project_id, created_at, deleted) VALUES (1, 1, '2026-01-01', false)"))
-        for mid, parent, role in ((1, None, "user"), (2, 1, "assistant")):
-            conn.execute(text("INSERT INTO messages (id, tree_id, parent_id, role, text, depth, author_label, created_at,"
-                              " updated_at, time_spent_s, deleted, version) VALUES (:id, 1, :p, :r, :t, :d, 'import', "
-                              "'2026-01-01', '2026-01-01', 0, false, 1)"),
-                         {"id": mid, "p": parent, "r": role, "t": f"m{mid}", "d": 0 if parent is None else 1})
+    database = database_at(db_url, "0003", ("user", "assistant"))  # the state before the migration under test
     assert "reasoning_content" not in {c["name"] for c in inspect(database.engine).get_columns("messages")}
     migrate(database.engine)
     assert current_revision(database.engine) == head_revision()

@@ -9,12 +9,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from chatloom.label import auth, service, transfer
+from chatloom.label import service, transfer
 from chatloom.label.app import create_app
-from chatloom.label.db import Database, current_revision, downgrade, head_revision, migrate
+from chatloom.label.db import current_revision, downgrade, head_revision, migrate
 from chatloom.label.models import Ranking, Review, Task
 
-from .label_live import PEOPLE, PW, login, post_form, user
+from .label_live import PW, database_at, login, post_form, user
 
 pytest_plugins = ["tests.label_live"]  # the database fixtures: db_url, db, people, cheap hashing
 
@@ -108,23 +108,8 @@ def test_opening_a_review_is_a_post_with_csrf(db, people):
 
 
 def test_migration_keeps_duplicated_reviews_and_the_newest_counts(db_url):
-    database = Database(db_url, run_migrations=False)
-    migrate(database.engine, "0001")
-    with database.session() as s:  # the state a database could be in before the rule: the same review saved 3 times
-        for name, role in PEOPLE:
-            auth.add_user(s, name, role, PW)
-    with database.engine.begin() as conn:
-        conn.execute(text("INSERT INTO projects (id, name, protocol, replies_per_prompt, reviews_per_message, "
-                          "rankings_per_prompt, max_depth, created_at) VALUES (1, 'old', 'chatml', 2, 1, 1, 3, "
-                          "'2026-01-01')"))
-        conn.execute(text("INSERT INTO instructions (project_id, version, markdown, created_at) "
-                          "VALUES (1, 1, 'x', '2026-01-01')"))
-        conn.execute(text("INSERT INTO trees (id, project_id, created_at, deleted) VALUES (1, 1, '2026-01-01', false)"))
-        for mid, parent, role in ((1, None, "user"), (2, 1, "assistant"), (3, 1, "assistant")):
-            conn.execute(text("INSERT INTO messages (id, tree_id, parent_id, role, text, depth, author_label, created_at,"
-                              " updated_at, time_spent_s, deleted, version) VALUES (:id, 1, :p, :r, :t, :d, 'import', "
-                              "'2026-01-01', '2026-01-01', 0, false, 1)"),
-                         {"id": mid, "p": parent, "r": role, "t": f"m{mid}", "d": 0 if parent is None else 1})
+    database = database_at(db_url, "0001", ("user", "assistant", "assistant"))  # the state before the migration under test
+    with database.engine.begin() as conn:  # the same review saved 3 times, as before the rule
         rev = conn.execute(text("SELECT id FROM users WHERE name = 'rev'")).scalar()
         kim = conn.execute(text("SELECT id FROM users WHERE name = 'kim'")).scalar()
         for rid, who, quality in ((1, rev, 1), (2, rev, 2), (3, kim, 5), (4, rev, 4)):
