@@ -103,6 +103,15 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
 
 
+def adamw(params, device: torch.device, sharded: bool = False, **kw) -> torch.optim.AdamW:
+    """AdamW as the loop runs it. On CPU the fused kernel (one pass over parameter, gradient and both moments): the
+    multi-tensor `foreach` kernel makes several passes and took 4x the CPU time on SmolLM2-sized tensors, about a
+    quarter of a 135M model's bf16 step. Sharded (DTensor) parameters and CUDA keep PyTorch's default."""
+    if device.type == "cpu" and not sharded:
+        return torch.optim.AdamW(params, fused=True, **kw)
+    return torch.optim.AdamW(params, **kw)
+
+
 def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
     def f(step: int) -> float:
         if warmup and step < warmup:
@@ -176,8 +185,7 @@ class Run:
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                           foreach=self.device.type == "cpu" or None)
+        self.optimizer = adamw(groups, self.device, cfg.fsdp, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.rows_per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.shard) / self.rows_per_step))
         self.warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(0.05 * self.total_steps)
