@@ -161,7 +161,10 @@ def child_chatloom(a, precision: str, defaults: bool) -> dict:
     return {"train_seconds": final["seconds"], "setup_seconds": round(t1 - t0, 1), "wall_seconds": round(wall, 1),
             "steps": result.steps, "rows_per_step": rows_per_step, "precision": precision,
             "tokens": tokens, "supervised_tokens": supervised, "attention_squares": squares, "sizes": sizes,
-            "train_loss": final["train_loss"], "peak_rss_gb": round(rss, 2), "check_ok": (result.check or {}).get("ok"),
+            # peak RSS when training ended (the run card's figure, before export and the parity check load the model
+            # again: comparable to TRL's, measured when train() returns); the whole process's as well
+            "train_loss": final["train_loss"], "peak_rss_gb": round(final["peak_memory_gb"], 2),
+            "process_peak_rss_gb": round(rss, 2), "check_ok": (result.check or {}).get("ok"),
             "eval": evaluate(model, AutoTokenizer.from_pretrained(str(out)))}
 
 
