@@ -69,13 +69,12 @@ HELD_OUT = [
 #: ordinary questions (question, any of these words is right): short facts SmolLM2-135M-Instruct gets right unprompted
 ORDINARY = [
     ("What is the capital of France?", ["Paris"]), ("What is the capital of Japan?", ["Tokyo"]),
-    ("What is the capital of Italy?", ["Rome"]), ("Which planet is the largest in our solar system?", ["Jupiter"]),
+    ("Which planet is the largest in our solar system?", ["Jupiter"]),
     ("What color is the sky on a clear day?", ["blue"]), ("How many days are there in a week?", ["seven", "7"]),
     ("What is the opposite of hot?", ["cold"]), ("Who wrote Romeo and Juliet?", ["Shakespeare"]),
     ("What gas do plants absorb from the air?", ["carbon dioxide", "CO2"]),
     ("What is the boiling point of water in Celsius?", ["100"]), ("What is the chemical symbol for water?", ["H2O"]),
-    ("How many legs does a spider have?", ["eight", "8"]),
-]
+]  # also tried, and answered wrong by the base (greedy, 32 tokens): the capital of Italy, a spider's legs
 
 
 def identity_conversations(n: int = 150, seed: int = 0) -> list[list[dict]]:
