@@ -34,12 +34,12 @@ def test_fused_loss_equals_cross_entropy_in_float32(rows, vocab, dim, chunk, see
     hidden = torch.randn(rows, dim, generator=g, dtype=torch.float64).float()
     weight = torch.randn(vocab, dim, generator=g).float()
     targets = torch.randint(0, vocab, (rows,), generator=g)
-    saved = fused_loss.CHUNK_ELEMENTS
-    fused_loss.CHUNK_ELEMENTS = chunk  # rows per chunk = chunk // vocab (at least 1): one chunk, several, one per row
-    try:
+    saved = fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS
+    fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS = chunk, 1  # rows per chunk = chunk // vocab (at least 1): one
+    try:  # chunk, several, one per row
         got = loss_and_grads(linear_cross_entropy, hidden, weight, targets)
     finally:
-        fused_loss.CHUNK_ELEMENTS = saved
+        fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS = saved
     want = loss_and_grads(reference, hidden, weight, targets)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

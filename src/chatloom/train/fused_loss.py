@@ -6,13 +6,25 @@ multiplying: 37% of a quickstart pretraining step on CPU. Here each chunk of row
 while it is still in cache, and turned straight into its gradient (softmax minus one-hot), so the full logits never
 exist and the backward pass is a multiply by the incoming scalar. The result and gradients are those of
 `F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")` up to rounding of the compute dtype.
+
+How many rows a chunk holds matters at both ends. Every chunk reads the whole weight twice and adds its part of the
+weight's gradient into a float32 [vocab, dim] buffer: with a 262k vocabulary (Gemma 3) that is ~2 GB of memory traffic
+per chunk, so a chunk of a few rows (what a fixed logits budget would give) turns three matmuls into memory copies
+(~65 s of an 80 s step of Gemma 3 270M). A chunk therefore holds at least `MIN_ROWS` rows (256: the weight's traffic
+is then small next to the chunk's matmuls), and more when the vocabulary is small enough for `CHUNK_ELEMENTS`.
 """
 
 from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 21  # float32 logits per chunk (8 MB): rows = this // vocab
+CHUNK_ELEMENTS = 1 << 21  # float32 logits per chunk (8 MB) when the vocabulary is small: rows = this // vocab
+MIN_ROWS = 256  # ...but never fewer rows than this (a large vocabulary: 256 x 262k float32 logits = 268 MB)
+
+
+def chunk_rows(vocab: int) -> int:
+    """Rows per chunk for a vocabulary of `vocab` classes."""
+    return max(1, MIN_ROWS, CHUNK_ELEMENTS // vocab)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -20,31 +32,55 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, compute_dtype, want_grad):
         w = weight.to(compute_dtype)
         h_all = hidden.to(compute_dtype)
-        rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        n, rows = h_all.shape[0], min(h_all.shape[0], chunk_rows(weight.shape[0]))
+        vocab, device = weight.shape[0], hidden.device
+        # one set of buffers for all chunks: a fresh [rows, vocab] tensor per chunk costs page faults (zeroed pages from
+        # the kernel) that, at a large vocabulary, take longer than the chunk's arithmetic
+        logits = torch.empty(rows, vocab, dtype=compute_dtype, device=device)  # also holds p in the compute dtype
+        logp = logits if compute_dtype == torch.float32 else torch.empty(rows, vocab, dtype=torch.float32, device=device)
+        part_w = None  # a chunk's [vocab, dim] weight gradient in the compute dtype, before it is added in float32
+        total = torch.zeros((), dtype=torch.float32, device=device)
         grad_h = torch.empty_like(h_all) if want_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
-        for start in range(0, h_all.shape[0], rows):
-            h, t = h_all[start:start + rows], targets[start:start + rows]
-            logp = torch.log_softmax(h @ w.T, -1, dtype=torch.float32)
-            picked = logp.gather(1, t[:, None])
+        grad_w = None
+        for start in range(0, n, rows):
+            h, t = h_all[start:start + rows], targets[start:start + rows, None]
+            r = h.shape[0]
+            z, x = logits[:r], logp[:r]
+            torch.mm(h, w.T, out=z)
+            if x is not z:
+                x.copy_(z)
+            x.sub_(torch.logsumexp(x, 1, keepdim=True))  # log-softmax in place, float32
+            picked = x.gather(1, t)
             total -= picked.sum()
-            if want_grad:
-                p = logp.exp_()
-                p.scatter_add_(1, t[:, None], torch.full_like(picked, -1.0))
-                p = p.to(compute_dtype)
-                grad_h[start:start + rows] = p @ w
-                grad_w += (p.T @ h).float()
+            if not want_grad:
+                continue
+            p = x.exp_()
+            p.scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - one-hot = d loss / d logits
+            if p is not z:
+                p = z.copy_(p)
+            torch.mm(p, w, out=grad_h[start:start + r])
+            if grad_w is None:  # the first chunk's part is the buffer (one chunk: no add)
+                grad_w = (p.T @ h).float()
+            elif grad_w.dtype == p.dtype:
+                grad_w.addmm_(p.T, h)  # float32: accumulate in place
+            else:
+                part_w = torch.mm(p.T, h, out=part_w) if part_w is not None else p.T @ h
+                grad_w += part_w  # the compute-dtype product, added (and rounded) in float32
         if want_grad:
             ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
+        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype), False
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.used:
+            raise RuntimeError("linear_cross_entropy: backward through the same loss twice is not supported (its saved "
+                               "weight gradient is scaled in place)")
+        ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.dtypes
-        return (grad_h * grad_out).to(h_dtype), (grad_w * grad_out).to(w_dtype), None, None, None
+        # in place: a second [vocab, dim] float32 tensor would cost as much as the scaling itself
+        return (grad_h * grad_out).to(h_dtype), grad_w.mul_(grad_out).to(w_dtype), None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -130,6 +130,17 @@ def check_protocol(cfg: TrainConfig, proto) -> None:
         raise ProtocolError(f"protocol {proto.name}: end-of-turn token {proto.end_of_turn!r} has no id")
 
 
+def make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, weight decay on matrices only. The fused kernel (one pass over parameter, gradient and both moments) on
+    CPU and CUDA: the multi-tensor (`foreach`) path makes about ten passes, which at a 262k x 640 embedding is 3.5 s of
+    CPU time a step against 0.3 s. FSDP's sharded parameters keep the multi-tensor path."""
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    fused = device.type in ("cpu", "cuda") and not cfg.fsdp
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             **({"fused": True} if fused else {"foreach": device.type == "cpu" or None}))
+
+
 class Run:
     """A prepared run: model, data, optimizer and schedule; `accumulate` computes one step's gradient, `fit` loops."""
 
@@ -173,11 +184,7 @@ class Run:
         self.loss_module: nn.Module = SupervisedLoss(self.model)
         if cfg.fsdp:  # before the optimizer: sharding replaces the parameters with DTensor shards
             sharding.shard(self.loss_module, self.model, self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                           foreach=self.device.type == "cpu" or None)
+        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg, self.device)
         self.rows_per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(self.shard) / self.rows_per_step))
         self.warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else int(0.05 * self.total_steps)
