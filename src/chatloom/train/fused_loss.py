@@ -37,7 +37,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # one set of buffers for all chunks: a fresh [rows, vocab] tensor per chunk costs page faults (zeroed pages from
         # the kernel) that, at a large vocabulary, take longer than the chunk's arithmetic
         logits = torch.empty(rows, vocab, dtype=compute_dtype, device=device)  # also holds p in the compute dtype
-        logp = logits if compute_dtype == torch.float32 else torch.empty(rows, vocab, dtype=torch.float32, device=device)
+        logp = torch.empty(rows, vocab, dtype=torch.float32, device=device)
         part_w = None  # a chunk's [vocab, dim] weight gradient in the compute dtype, before it is added in float32
         total = torch.zeros((), dtype=torch.float32, device=device)
         grad_h = torch.empty_like(h_all) if want_grad else None
@@ -47,16 +47,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             r = h.shape[0]
             z, x = logits[:r], logp[:r]
             torch.mm(h, w.T, out=z)
-            if x is not z:
-                x.copy_(z)
-            x.sub_(torch.logsumexp(x, 1, keepdim=True))  # log-softmax in place, float32
+            torch.log_softmax(z, 1, dtype=torch.float32, out=x)
             picked = x.gather(1, t)
             total -= picked.sum()
             if not want_grad:
                 continue
             p = x.exp_()
             p.scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - one-hot = d loss / d logits
-            if p is not z:
+            if p.dtype != compute_dtype:
                 p = z.copy_(p)
             torch.mm(p, w, out=grad_h[start:start + r])
             if grad_w is None:  # the first chunk's part is the buffer (one chunk: no add)
