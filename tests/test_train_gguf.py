@@ -75,3 +75,22 @@ def test_cli_sft_on_a_gguf_base_exports_a_plain_model(gguf_model, tmp_path):
     enc = tok.apply_chat_template([m.to_dict() for m in question.messages], add_generation_prompt=True,
                                   tokenize=True, return_dict=True)
     assert list(enc["input_ids"]) == proto.prompt(question)  # the exported template is the protocol
+
+
+def test_loading_a_gguf_parses_its_header_once(gguf_model, monkeypatch):
+    import gguf
+
+    path, _ = gguf_model
+    built = []
+    original = gguf.GGUFReader
+
+    class Counting(original):
+        def __init__(self, file, mode="r"):
+            built.append(str(file))
+            super().__init__(file, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    model, tok = load_model(path)
+    assert len(built) == 1  # transformers asks for the config, the weights and the tokenizer: one shared reader
+    assert gguf.GGUFReader is Counting  # restored after loading
+    assert len(tok) > 0 and model.config.num_hidden_layers == 2
