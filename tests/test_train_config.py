@@ -27,7 +27,7 @@ BAD = {
     "max_seconds": [(-1.0, ">= 0"), (math.inf, "finite"), ("10", "finite number")],
     "epochs": [(0, "> 0"), (-2.0, "> 0"), (math.nan, "finite")],
     "seq_len": [(1, ">= 2"), (0, ">= 2"), ("1024", "integer")],
-    "batch_size": [(0, ">= 1"), (True, "integer")],
+    "batch_size": [(-1, ">= 0"), (True, "integer")],
     "grad_accum": [(0, ">= 1")],
     "lr": [(-1e-4, "> 0"), (0.0, "> 0"), (math.inf, "finite"), ("fast", "finite number")],
     "min_lr_ratio": [(-0.1, ">= 0"), (1.5, "<= 1")],

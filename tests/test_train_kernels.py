@@ -45,7 +45,10 @@ def test_fused_loss_equals_cross_entropy_in_float32(rows, vocab, dim, chunk, see
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_loss_under_bf16_autocast_matches_the_autocast_reference():
+@pytest.mark.parametrize("chunk", [1 << 24, 40_000, 1000])  # one chunk (the default), several, one row per chunk
+def test_fused_loss_under_bf16_autocast_matches_the_autocast_reference(chunk, monkeypatch):
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(fused_loss, "MIN_ROWS", 1)  # the chunk sizes above, not the large-vocabulary floor
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(300, 64, generator=g)
     weight = torch.randn(1000, 64, generator=g) * 0.1
@@ -119,3 +122,38 @@ def test_training_attention_core_is_float32_sdpa_of_the_bf16_inputs():
                                           attn_mask=mask.float(), scale=0.25).transpose(1, 2)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), want.bfloat16().float(), rtol=0, atol=0)
+
+
+def test_the_loop_optimizer_steps_like_the_reference_adamw():
+    """The loop's AdamW (fused on CPU) moves the weights as PyTorch's reference (single-tensor) AdamW does."""
+    from chatloom.train.loop import adamw
+
+    models = [build_model("tiny", 300, seed=0) for _ in range(2)]
+    groups = [[{"params": [p for p in m.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+               {"params": [p for p in m.parameters() if p.ndim < 2], "weight_decay": 0.0}] for m in models]
+    ours = adamw(groups[0], torch.device("cpu"), lr=3e-3, betas=(0.9, 0.95))
+    assert ours.defaults["fused"]
+    ref = torch.optim.AdamW(groups[1], lr=3e-3, betas=(0.9, 0.95), foreach=False)
+    for step in range(4):
+        for model, opt in zip(models, (ours, ref), strict=True):
+            opt.zero_grad(set_to_none=True)
+            SupervisedLoss(model)(*batch(seed=step)).backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_training_loss_and_gradients_stay_near_float32():
+    """A whole tiny model under bf16 autocast (per-document attention, fused loss in several chunks) against float32."""
+    model = build_model("tiny", 300, seed=0)
+    use_training_attention(model)
+    saved = fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS
+    fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS = 300 * 7, 1  # 7 rows per chunk: the bf16 product is added into
+    try:  # the float32 gradient
+        exact, low = model_loss(model, bf16=False), model_loss(model, bf16=True)
+    finally:
+        fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS = saved
+        restore_attention(model)
+    assert low[0] == pytest.approx(exact[0], rel=1e-2)
+    cos = F.cosine_similarity(low[1], exact[1], dim=0).item()
+    assert cos > 0.995, cos

@@ -1,5 +1,6 @@
 """A large vocabulary (Gemma 3: 262k rows, tied to the input embedding) trains through the same exact paths, made fast:
-the fused linear + cross-entropy in chunks of at least `MIN_ROWS` rows with reused buffers, and the fused AdamW kernel.
+the fused linear + cross-entropy in chunks of at least `MIN_ROWS` rows with reused buffers, and the fused AdamW kernel
+(`loop.adamw`).
 Each is checked against the straightforward computation (full logits + `F.cross_entropy`, the multi-tensor AdamW) on a
 tiny model with a large-ish vocabulary built in code."""
 
@@ -13,7 +14,7 @@ from chatloom.train import fused_loss
 from chatloom.train.config import TrainConfig
 from chatloom.train.data import IGNORE
 from chatloom.train.fused_loss import chunk_rows, linear_cross_entropy
-from chatloom.train.loop import SupervisedLoss, make_optimizer
+from chatloom.train.loop import SupervisedLoss, adamw
 
 VOCAB = 40_000  # several 256-row chunks' worth of float32 logits, still small enough for the reference's full logits
 
@@ -123,7 +124,10 @@ def test_tied_large_vocabulary_model_loss_gradients_and_adamw_update_equal_the_s
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-4)
     for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
-    fused = make_optimizer([p for p in ours.parameters()], cfg, torch.device("cpu"))
+    params = list(ours.parameters())
+    fused = adamw([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                  torch.device("cpu"), lr=1e-2, betas=(cfg.beta1, cfg.beta2))
     assert fused.defaults["fused"]
     params = list(ref.parameters())
     plain = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},

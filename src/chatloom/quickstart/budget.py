@@ -46,14 +46,14 @@ def time_one_step(config: str, seq_len: int, batch_size: int, repeats: int = 5, 
     twice as long, and a budget sized on them halves the base)."""
     from ..tokenizers import load_tokenizer
     from ..train.attention import use_training_attention
-    from ..train.loop import SupervisedLoss, bf16_supported
+    from ..train.loop import SupervisedLoss, adamw, bf16_supported
     from ..train.models import build_model
 
     vocab = len(load_tokenizer(None)) + 2  # chatloom's bundled BPE
     model = build_model(config, vocab, seed=0)
     use_training_attention(model)
     loss_of = SupervisedLoss(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    opt = adamw(model.parameters(), torch.device("cpu"), lr=1e-4)
     ids = torch.randint(0, vocab, (batch_size, seq_len))
     positions = torch.arange(seq_len).repeat(batch_size, 1)
     segments = torch.zeros_like(ids)

@@ -43,7 +43,7 @@ COMMON = dict(
     seq_len=typer.Option(None, "--seq-len", help="Packed row length in tokens."),
     lr=typer.Option(None, "--lr"),
     seed=typer.Option(None, "--seed"),
-    batch_size=typer.Option(None, "--batch-size", help="Packed rows per micro-batch per process."),
+    batch_size=typer.Option(None, "--batch-size", help="Packed rows per micro-batch per process (default: rows that hold about 8 conversations a step, 1-8)."),
     grad_accum=typer.Option(None, "--grad-accum"),
     precision=typer.Option(None, "--precision", help="auto | bf16 | fp16 (CUDA, loss scaling) | fp32"),
     eval_every=typer.Option(None, "--eval-every"),

@@ -39,7 +39,7 @@ class TrainConfig:
     max_seconds: float = 0.0  # > 0: also stop when the loop has run this long; the LR schedule follows the clock too
     epochs: float = 1.0
     seq_len: int = 1024
-    batch_size: int = 8  # packed rows per micro-batch per process
+    batch_size: int = 0  # packed rows per micro-batch per process; 0: auto, rows that hold about 8 examples a step (1-8)
     grad_accum: int = 1
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
@@ -99,7 +99,7 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------------------- checks
 #: field -> (minimum, maximum, whether the minimum itself is allowed); None: unbounded
-INTS = {"max_steps": (0, None), "seq_len": (2, None), "batch_size": (1, None), "grad_accum": (1, None),
+INTS = {"max_steps": (0, None), "seq_len": (2, None), "batch_size": (0, None), "grad_accum": (1, None),
         "warmup_steps": (-1, None), "seed": (0, 2**32 - 1), "eval_every": (0, None), "save_every": (0, None),
         "keep_checkpoints": (0, None), "lora_r": (1, None), "lora_alpha": (1, None), "interrupt_after": (0, None)}
 FLOATS = {"max_seconds": (0.0, None, True), "epochs": (0.0, None, False), "lr": (0.0, None, False),
