@@ -65,7 +65,9 @@ def load_model(source: str | Path, *, tokenizer: str | Path | Tokenizer | None =
             raise ModelNotFound(f"{path}: no such GGUF file")
         with one_gguf_parse():
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # dequantized to float32: a plain model that trains and saves as one
+            if hasattr(model.config, "quantization_config"):  # else every model saved from it says "gguf" and
+                del model.config.quantization_config  # cannot be saved again once reloaded (quickstart --model x.gguf)
             if tokenizer is None:
                 tok = HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), str(path))
             else:
