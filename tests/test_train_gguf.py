@@ -75,3 +75,36 @@ def test_cli_sft_on_a_gguf_base_exports_a_plain_model(gguf_model, tmp_path):
     enc = tok.apply_chat_template([m.to_dict() for m in question.messages], add_generation_prompt=True,
                                   tokenize=True, return_dict=True)
     assert list(enc["input_ids"]) == proto.prompt(question)  # the exported template is the protocol
+
+
+def test_loading_a_gguf_parses_its_header_once(gguf_model, monkeypatch):
+    import gguf
+
+    path, _ = gguf_model
+    built = []
+    original = gguf.GGUFReader
+
+    class Counting(original):
+        def __init__(self, file, mode="r"):
+            built.append(str(file))
+            super().__init__(file, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    model, tok = load_model(path)
+    assert len(built) == 1  # transformers asks for the config, the weights and the tokenizer: one shared reader
+    assert gguf.GGUFReader is Counting  # restored after loading
+    assert len(tok) > 0 and model.config.num_hidden_layers == 2
+
+
+def test_a_model_saved_from_a_gguf_base_is_plain_and_saves_again(gguf_model, tmp_path):
+    """The quickstart's path: GGUF -> model directory (bring_base) -> load, train, save. The directory must not claim
+    a GGUF quantization, or transformers refuses to save the reloaded model ("quantized with gguf")."""
+    from chatloom.quickstart.base import bring_base
+
+    path, _ = gguf_model
+    base = bring_base(str(path), tmp_path / "base")
+    assert "quantization_config" not in json.loads((base / "config.json").read_text())
+    model, _ = load_model(base)
+    assert getattr(model, "hf_quantizer", None) is None
+    model.save_pretrained(tmp_path / "again")  # raised ValueError before
+    assert (tmp_path / "again" / "model.safetensors").exists()

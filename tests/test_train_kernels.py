@@ -34,12 +34,12 @@ def test_fused_loss_equals_cross_entropy_in_float32(rows, vocab, dim, chunk, see
     hidden = torch.randn(rows, dim, generator=g, dtype=torch.float64).float()
     weight = torch.randn(vocab, dim, generator=g).float()
     targets = torch.randint(0, vocab, (rows,), generator=g)
-    saved = fused_loss.CHUNK_ELEMENTS
-    fused_loss.CHUNK_ELEMENTS = chunk  # rows per chunk = chunk // vocab (at least 1): one chunk, several, one per row
-    try:
+    saved = fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS
+    fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS = chunk, 1  # rows per chunk = chunk // vocab (at least 1): one
+    try:  # chunk, several, one per row
         got = loss_and_grads(linear_cross_entropy, hidden, weight, targets)
     finally:
-        fused_loss.CHUNK_ELEMENTS = saved
+        fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS = saved
     want = loss_and_grads(reference, hidden, weight, targets)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -48,6 +48,7 @@ def test_fused_loss_equals_cross_entropy_in_float32(rows, vocab, dim, chunk, see
 @pytest.mark.parametrize("chunk", [1 << 24, 40_000, 1000])  # one chunk (the default), several, one row per chunk
 def test_fused_loss_under_bf16_autocast_matches_the_autocast_reference(chunk, monkeypatch):
     monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(fused_loss, "MIN_ROWS", 1)  # the chunk sizes above, not the large-vocabulary floor
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(300, 64, generator=g)
     weight = torch.randn(1000, 64, generator=g) * 0.1
@@ -146,12 +147,12 @@ def test_bf16_training_loss_and_gradients_stay_near_float32():
     """A whole tiny model under bf16 autocast (per-document attention, fused loss in several chunks) against float32."""
     model = build_model("tiny", 300, seed=0)
     use_training_attention(model)
-    saved = fused_loss.CHUNK_ELEMENTS
-    fused_loss.CHUNK_ELEMENTS = 300 * 7  # 7 rows per chunk: the bf16 product is added into the float32 gradient
-    try:
+    saved = fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS
+    fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS = 300 * 7, 1  # 7 rows per chunk: the bf16 product is added into
+    try:  # the float32 gradient
         exact, low = model_loss(model, bf16=False), model_loss(model, bf16=True)
     finally:
-        fused_loss.CHUNK_ELEMENTS = saved
+        fused_loss.CHUNK_ELEMENTS, fused_loss.MIN_ROWS = saved
         restore_attention(model)
     assert low[0] == pytest.approx(exact[0], rel=1e-2)
     cos = F.cosine_similarity(low[1], exact[1], dim=0).item()

@@ -4,21 +4,31 @@ On a small model the vocabulary projection is the largest matmul, and the usual 
 float32, log-softmax, its backward, downcast) spends more time moving the [rows, vocab] tensors through memory than
 multiplying: 37% of a quickstart pretraining step on CPU. Here each chunk of rows is projected, normalised in float32
 while it is still in cache, and turned straight into its gradient (softmax minus one-hot), so the full logits never
-exist and the backward pass is a multiply by the incoming scalar. When there are few rows (SFT supervises a fraction of
-the tokens) the [rows, vocab] softmax gradient is smaller than a float32 [vocab, hidden] weight gradient: it is kept
-instead, and the backward pass forms the weight gradient in one matmul (135M SmolLM2, 150 supervised rows: 15 MB kept
-instead of 113 MB, and one pass over the weight gradient fewer). The result and gradients are those of
+exist and the backward pass is a multiply by the incoming scalar. The result and gradients are those of
 `F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")` up to rounding of the compute dtype.
+
+How many rows a chunk holds matters at both ends. Every chunk reads the whole weight twice and adds its part of the
+weight's gradient into a float32 [vocab, dim] buffer: with a 262k vocabulary (Gemma 3) that is ~2 GB of memory traffic
+per chunk, so a chunk of a few rows (a logits budget alone gives 8 rows at 8 MB, 64 at 64 MB) turns three matmuls into
+memory copies (at 8 rows, ~130 of the ~150 CPU-s of a Gemma 3 270M step). A chunk therefore holds at least `MIN_ROWS`
+rows (256: the weight's traffic is then small next to the chunk's matmuls), and more when the vocabulary is small
+enough for `CHUNK_ELEMENTS`.
 """
 
 from __future__ import annotations
 
 import torch
 
-#: float32 logits per chunk (64 MB): rows = this // vocab. Each chunk also writes a [vocab, hidden] weight gradient,
-#: so small chunks pay that pass again and again: at 8 MB (42 rows of SmolLM2's 49k vocabulary) the head + loss of
-#: 150 supervised rows took 0.55 s of CPU time, at 64 MB 0.29 s (bf16 and fp32 alike).
+#: float32 logits per chunk (64 MB) when the vocabulary is small: rows = this // vocab. Each chunk also writes a [vocab,
+#: hidden] weight gradient, so small chunks pay that pass again and again: at 8 MB (42 rows of SmolLM2's 49k vocabulary)
+#: the head + loss of 150 supervised rows took 0.55 s of CPU time, at 64 MB 0.29 s (bf16 and fp32 alike).
 CHUNK_ELEMENTS = 1 << 24
+MIN_ROWS = 256  # ...but never fewer rows than this (a large vocabulary: 256 x 262k float32 logits = 268 MB)
+
+
+def chunk_rows(vocab: int) -> int:
+    """Rows per chunk for a vocabulary of `vocab` classes."""
+    return max(1, MIN_ROWS, CHUNK_ELEMENTS // vocab)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -26,52 +36,53 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, compute_dtype, want_grad):
         w = weight.to(compute_dtype)
         h_all = hidden.to(compute_dtype)
-        n, vocab = h_all.shape[0], weight.shape[0]
-        rows = max(1, CHUNK_ELEMENTS // vocab)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        n, rows = h_all.shape[0], min(h_all.shape[0], chunk_rows(weight.shape[0]))
+        vocab, device = weight.shape[0], hidden.device
+        # one set of buffers for all chunks: a fresh [rows, vocab] tensor per chunk costs page faults (zeroed pages from
+        # the kernel) that, at a large vocabulary, take longer than the chunk's arithmetic
+        logits = torch.empty(rows, vocab, dtype=compute_dtype, device=device)  # also holds p in the compute dtype
+        logp = torch.empty(rows, vocab, dtype=torch.float32, device=device)
+        part_w = None  # a chunk's [vocab, dim] weight gradient in the compute dtype, before it is added in float32
+        total = torch.zeros((), dtype=torch.float32, device=device)
         grad_h = torch.empty_like(h_all) if want_grad else None
-        # few rows (SFT supervises a fraction of the tokens): keep the [rows, vocab] softmax gradient, smaller than a
-        # float32 [vocab, hidden] weight gradient, and form the weight gradient in the backward pass in one matmul
-        keep_p = want_grad and n * h_all.element_size() <= weight.shape[1] * 4
-        p_all = torch.empty(n, vocab, dtype=compute_dtype, device=hidden.device) if keep_p else None
-        grad_w = None  # float32; the first chunk's product becomes it (no zero-filled matrix to add into)
+        grad_w = None
         for start in range(0, n, rows):
-            h, t = h_all[start:start + rows], targets[start:start + rows]
-            logp = torch.log_softmax(h @ w.T, -1, dtype=torch.float32)
-            picked = logp.gather(1, t[:, None])
+            h, t = h_all[start:start + rows], targets[start:start + rows, None]
+            r = h.shape[0]
+            z, x = logits[:r], logp[:r]
+            torch.mm(h, w.T, out=z)
+            torch.log_softmax(z, 1, dtype=torch.float32, out=x)
+            picked = x.gather(1, t)
             total -= picked.sum()
-            if want_grad:
-                p = logp.exp_()
-                p.scatter_add_(1, t[:, None], torch.full_like(picked, -1.0))
-                if keep_p:
-                    p = p_all[start:start + rows].copy_(p)
-                else:
-                    p = p.to(compute_dtype)
-                grad_h[start:start + rows] = p @ w
-                if keep_p:
-                    continue
-                if grad_w is None:
-                    grad_w = (p.T @ h).float()
-                elif p.dtype == torch.float32:
-                    grad_w.addmm_(p.T, h)
-                else:
-                    grad_w.add_(p.T @ h)  # accumulates in float32
+            if not want_grad:
+                continue
+            p = x.exp_()
+            p.scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - one-hot = d loss / d logits
+            if p.dtype != compute_dtype:
+                p = z.copy_(p)
+            torch.mm(p, w, out=grad_h[start:start + r])
+            if grad_w is None:  # the first chunk's part is the buffer (one chunk: no add)
+                grad_w = (p.T @ h).float()
+            elif grad_w.dtype == p.dtype:
+                grad_w.addmm_(p.T, h)  # float32: accumulate in place
+            else:
+                part_w = torch.mm(p.T, h, out=part_w) if part_w is not None else p.T @ h
+                grad_w += part_w  # the compute-dtype product, added (and rounded) in float32
         if want_grad:
-            ctx.save_for_backward(grad_h, grad_w if not keep_p else p_all, hidden if keep_p else None)
-        ctx.keep_p, ctx.compute_dtype = keep_p, compute_dtype
-        ctx.dtypes = (hidden.dtype, weight.dtype)
+            ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype), False
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, saved, hidden = ctx.saved_tensors
+        if ctx.used:
+            raise RuntimeError("linear_cross_entropy: backward through the same loss twice is not supported (its saved "
+                               "weight gradient is scaled in place)")
+        ctx.used = True
+        grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.dtypes
-        if ctx.keep_p:  # d(loss)/dW = grad_out * P^T H: the scale goes on the [rows, hidden] side, the small one
-            scaled = (hidden.float() * grad_out).to(ctx.compute_dtype)
-            grad_w = saved.T @ scaled
-        else:
-            grad_w = saved * grad_out
-        return (grad_h * grad_out).to(h_dtype), grad_w.to(w_dtype), None, None, None
+        # in place: a second [vocab, dim] float32 tensor would cost as much as the scaling itself
+        return (grad_h * grad_out).to(h_dtype), grad_w.mul_(grad_out).to(w_dtype), None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ would make the first steps spend their budget undoing it).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -62,12 +63,15 @@ def load_model(source: str | Path, *, tokenizer: str | Path | Tokenizer | None =
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFound(f"{path}: no such GGUF file")
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        model.hf_quantizer = None
-        if tokenizer is None:
-            tok = HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), str(path))
-        else:
-            tok = load_tokenizer(tokenizer)
+        with one_gguf_parse():
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            model.hf_quantizer = None  # dequantized to float32: a plain model that trains and saves as one
+            if hasattr(model.config, "quantization_config"):  # else every model saved from it says "gguf" and
+                del model.config.quantization_config  # cannot be saved again once reloaded (quickstart --model x.gguf)
+            if tokenizer is None:
+                tok = HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), str(path))
+            else:
+                tok = load_tokenizer(tokenizer)
         return model, tok
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise ModelNotFound(f"{text}: no such model directory or GGUF file, and not a named config "
@@ -77,6 +81,32 @@ def load_model(source: str | Path, *, tokenizer: str | Path | Tokenizer | None =
         return model, load_tokenizer(tokenizer or text)
     except Exception as e:  # noqa: BLE001 - offline, gated, missing: the message is what the user needs
         raise ModelNotFound(f"{text}: not a local model and not loadable from the Hugging Face Hub ({e})") from e
+
+
+@contextlib.contextmanager
+def one_gguf_parse():
+    """While it is open, every `gguf.GGUFReader(path)` of the same file is one reader, parsed once.
+
+    transformers' GGUF loader builds a new reader for the config, again for the weights and again for the tokenizer
+    (`from gguf import GGUFReader` inside each call), and a reader decodes every metadata array into numpy views: for
+    Gemma 3's 262k token strings, scores and types that parse was most of the ~45 CPU-s of loading a 253 MB file (the
+    dequantization itself a few seconds). The readers only read (a read-only memory map), so sharing one is safe."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict = {}
+
+    def shared(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield readers
+    finally:
+        gguf.GGUFReader = original
 
 
 def fit_vocab(model, vocab_size: int) -> int:
