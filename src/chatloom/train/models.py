@@ -46,7 +46,7 @@ def load_model(source: str | Path, *, tokenizer: str | Path | Tokenizer | None =
 
     A named config uses `tokenizer` (default: chatloom's bundled BPE). A GGUF model is dequantized by transformers; its
     leftover `hf_quantizer` is cleared so it trains (and saves) as a plain model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from ..tokenizers import HFTokenizer
 
@@ -63,16 +63,8 @@ def load_model(source: str | Path, *, tokenizer: str | Path | Tokenizer | None =
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFound(f"{path}: no such GGUF file")
-        with one_gguf_parse():
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            model.hf_quantizer = None  # dequantized to float32: a plain model that trains and saves as one
-            if hasattr(model.config, "quantization_config"):  # else every model saved from it says "gguf" and
-                del model.config.quantization_config  # cannot be saved again once reloaded (quickstart --model x.gguf)
-            if tokenizer is None:
-                tok = HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), str(path))
-            else:
-                tok = load_tokenizer(tokenizer)
-        return model, tok
+        model, hf_tok = dequantized_gguf(path, with_tokenizer=tokenizer is None)
+        return model, HFTokenizer(hf_tok, str(path)) if tokenizer is None else load_tokenizer(tokenizer)
     if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise ModelNotFound(f"{text}: no such model directory or GGUF file, and not a named config "
                             f"({', '.join(CONFIGS)}) or a Hub id (owner/name)")
@@ -81,6 +73,22 @@ def load_model(source: str | Path, *, tokenizer: str | Path | Tokenizer | None =
         return model, load_tokenizer(tokenizer or text)
     except Exception as e:  # noqa: BLE001 - offline, gated, missing: the message is what the user needs
         raise ModelNotFound(f"{text}: not a local model and not loadable from the Hugging Face Hub ({e})") from e
+
+
+def dequantized_gguf(path: str | Path, with_tokenizer: bool = True):
+    """(a plain float32 transformers model, its transformers tokenizer or None) from a GGUF file, the header parsed
+    once. The quantizer transformers leaves behind is cleared: else every model saved from it says "gguf" and cannot
+    be saved again once reloaded (quickstart --model x.gguf)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    with one_gguf_parse():
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name) if with_tokenizer else None
+    return model, tok
 
 
 @contextlib.contextmanager
