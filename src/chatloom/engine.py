@@ -513,8 +513,7 @@ class Batch:
         self.backend.select(index)
         self.mask, self.positions, self.logits = self.mask[index], self.positions[index], self.logits[index]
         dead = int(self.mask.any(0).int().argmax())  # leading columns that no remaining row uses
-        if dead >= TRIM_COLUMNS:
-            self.backend.trim(dead)
+        if dead >= TRIM_COLUMNS and self.backend.trim(dead):
             self.mask = self.mask[:, dead:]
         self.plain = bool(self.mask.all()) and bool((self.positions == self.mask.shape[1]).all())
 
@@ -565,9 +564,17 @@ class _HFBackend:
     def select(self, index: torch.Tensor) -> None:
         self.cache.batch_select_indices(index)
 
-    def trim(self, columns: int) -> None:
-        for layer in self.cache.layers:
+    def trim(self, columns: int) -> bool:
+        """Drop `columns` leading cache columns; False (nothing dropped) when a layer cannot: a sliding-window layer
+        (Gemma 3, Mistral) counts the columns it has seen and, once past its window, keeps only the last ones."""
+        layers = self.cache.layers
+        if any(getattr(layer, "cumulative_length", layer.keys.shape[-2]) != layer.keys.shape[-2] for layer in layers):
+            return False
+        for layer in layers:
             layer.keys, layer.values = layer.keys[:, :, columns:], layer.values[:, :, columns:]
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length -= columns
+        return True
 
     def merged(self, other: _HFBackend, pad_self: int, pad_other: int, capacity: int) -> _HFBackend:
         """A backend holding this cache's rows then `other`'s, each left-padded with zero columns to one width."""
@@ -628,9 +635,10 @@ class _LlamaBackend:
         self.buffers = [(k[index], v[index]) for k, v in self.buffers]
         self._view()
 
-    def trim(self, columns: int) -> None:
+    def trim(self, columns: int) -> bool:
         self.lo += columns
         self._view()
+        return True
 
     def _view(self) -> None:
         self.views = self.buffers if self.lo == 0 else [(k[:, :, self.lo:], v[:, :, self.lo:]) for k, v in self.buffers]
