@@ -151,3 +151,43 @@ def test_bring_your_own_base(tmp_path):
     meta = json.loads((out / "chatloom.json").read_text())
     assert meta["protocol"] == "chatml" and meta["base_model"] == str(tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["vocab_size"] == len(tok) + 2  # <|im_start|>, <|im_end|> added
+
+
+def test_brought_plan_leaves_the_evaluation_its_time():
+    p = budget.brought_plan(1800, step_seconds=7.0, eval_seconds=400)
+    assert p.pretrain_steps == 0 and p.pretrain_seconds == 0
+    assert p.sft_seconds + 400 + budget.BROUGHT_OVERHEAD <= 1800  # training, evaluation and the rest fit the budget
+    assert p.sft_seconds >= 0.9 * (1800 - 400 - budget.BROUGHT_OVERHEAD)  # and training gets the rest
+    assert p.sft_steps == int(p.sft_seconds / 7.0 * budget.STEP_MARGIN)  # a cap above what the clock allows
+    costlier = budget.brought_plan(1800, step_seconds=7.0, eval_seconds=900)
+    assert costlier.sft_seconds < p.sft_seconds - 450  # a slower evaluation leaves less training
+    late = budget.brought_plan(300, step_seconds=7.0, eval_seconds=600)
+    assert late.sft_seconds == 0 and late.sft_steps == 5  # past the budget: the minimum, no clock
+
+
+def test_batch_seconds_extrapolates_prefill_plus_tokens():
+    # 0.5 s of prefill and 0.1 s a token: 4 tokens take 0.9 s, 12 take 1.7 s, 64 take 6.9 s
+    assert budget.batch_seconds(0.9, 1.7, 64) == pytest.approx(6.9)
+    assert budget.batch_seconds(0.9, 0.8, 64) == pytest.approx(0.9)  # noise (longer ran faster): the prefill only
+    assert budget.batch_seconds(0.1, 2.5, 64) == pytest.approx(64 * 0.3)  # no negative prefill
+
+
+def test_time_generation_times_a_real_model(tmp_path):
+    """On a real (random, 2-layer) Llama through the engine the evals use: a positive, finite price for a batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from chatloom import protocols
+    from chatloom.conversation import Conversation
+    from chatloom.engine import Engine
+    from chatloom.tokenizers import load_tokenizer
+    from chatloom.train.export import export_model
+    from chatloom.train.models import BUNDLED_TOKENIZER, fit_vocab
+
+    tok = load_tokenizer(BUNDLED_TOKENIZER)
+    proto = protocols.get("chatml", tok)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, intermediate_size=128))
+    fit_vocab(model, len(tok))
+    engine = Engine.from_pretrained(export_model(model, proto, tmp_path / "m"))
+    estimate = budget.time_generation(engine, [Conversation.of(f"What is {i}+{i}?") for i in range(3)], 48, 8)
+    assert 0 < estimate < 60

@@ -7,6 +7,10 @@ trains longer (up to the caps), a slow or busy one trains less. Each stage also 
 (`TrainConfig.max_seconds`): if the machine slows down after the timing, the stage stops on time with its learning-rate
 schedule run to the end by the clock, instead of overrunning the budget. Pretraining gets the larger share because the
 base has to learn its arithmetic facts there; SFT converges in fewer, cheaper steps.
+
+A brought model (`quickstart --model`) is sized on itself, once it is loaded: one SFT step of it is timed, and so is
+its generation, because evaluating a 270M model with a 262k vocabulary on the held-out set takes minutes where the
+built-in model takes seconds; SFT gets what the budget leaves after that evaluation.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ SAFETY = 0.97  # what is left over is finishing early
 # measured on a fresh run here, pretraining 1.01x and SFT 0.83x.
 PRETRAIN_SLOWDOWN = 1.02
 SFT_SLOWDOWN = 0.85
+# a brought model: seconds of the run that are neither SFT nor generation (data and model loading, the export and
+# its parity check, the report)
+BROUGHT_OVERHEAD = 60
+# the share of an SFT row's tokens the quickstart's conversations supervise (Gemma 3 270M's rows: 865-917 of ~2,000)
+SFT_SUPERVISED = 0.45
+# a brought model's SFT stops by the clock; its step count only caps it, so it errs high (a timed step can be slower
+# than the real ones: Gemma 3 270M timed 13-18 s, ran 9-10 s)
+STEP_MARGIN = 1.5
 
 
 @dataclass
@@ -41,34 +53,76 @@ class Plan:
 
 
 def time_one_step(config: str, seq_len: int, batch_size: int, repeats: int = 5, warmup: int = 2) -> float:
-    """Seconds per optimizer step of `config` on a [batch_size, seq_len] batch of random tokens, through the training
-    loop's own loss and attention (best of `repeats` after `warmup` steps: on a fresh install the first steps can take
-    twice as long, and a budget sized on them halves the base)."""
+    """Seconds per optimizer step of the named `config` on a [batch_size, seq_len] batch of random tokens (see
+    `time_step`)."""
     from ..tokenizers import load_tokenizer
-    from ..train.attention import use_training_attention
-    from ..train.loop import SupervisedLoss, adamw, bf16_supported
     from ..train.models import build_model
 
     vocab = len(load_tokenizer(None)) + 2  # chatloom's bundled BPE
-    model = build_model(config, vocab, seed=0)
+    return time_step(build_model(config, vocab, seed=0), vocab, seq_len, batch_size, repeats, warmup)
+
+
+def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5, warmup: int = 2,
+              supervised: float = 1.0) -> float:
+    """Seconds per optimizer step of `model` on a [batch_size, seq_len] batch of random tokens, through the training
+    loop's own loss and attention (best of `repeats` after `warmup` steps: on a fresh install the first steps can take
+    twice as long, and a budget sized on them halves the base). `supervised`: the share of each row's tokens the loss
+    covers (the rest, at the start of the row, is prompt), which sets the output head's cost: most of a step at a
+    262k vocabulary. The model's weights are left changed."""
+    from ..train.attention import use_training_attention
+    from ..train.data import IGNORE
+    from ..train.loop import SupervisedLoss, adamw, bf16_supported
+
     use_training_attention(model)
+    model.train()
     loss_of = SupervisedLoss(model)
     opt = adamw(model.parameters(), torch.device("cpu"), lr=1e-4)
     ids = torch.randint(0, vocab, (batch_size, seq_len))
     positions = torch.arange(seq_len).repeat(batch_size, 1)
     segments = torch.zeros_like(ids)
+    targets = ids.clone()
+    targets[:, :seq_len - max(1, round(seq_len * supervised))] = IGNORE
     use_bf16 = bf16_supported(torch.device("cpu"))
     best = float("inf")
     for i in range(warmup + repeats):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = loss_of(ids, positions, segments, ids)
+            loss = loss_of(ids, positions, segments, targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= warmup:
             best = min(best, time.perf_counter() - start)
     return best
+
+
+def time_generation(engine, prompts: list, max_tokens: int, batch_size: int = 32) -> float:
+    """Seconds one batch of `batch_size` greedy replies of `max_tokens` tokens takes with `engine`, from short timed
+    batches after a warm-up (best of two at 4 and at 12 new tokens), so a brought model's evaluation is priced before
+    its training is sized."""
+    from ..evals.generate import generate
+
+    batch = (list(prompts) * batch_size)[:batch_size]
+    generate(engine, batch, max_tokens=2, batch_size=batch_size)  # the first call pays for warming up
+    seconds = {}
+    for n in (SHORT, LONG):
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            generate(engine, batch, max_tokens=n, batch_size=batch_size)
+            best = min(best, time.perf_counter() - start)
+        seconds[n] = best
+    return batch_seconds(seconds[SHORT], seconds[LONG], max_tokens)
+
+
+SHORT, LONG = 4, 12
+
+
+def batch_seconds(short_seconds: float, long_seconds: float, max_tokens: int) -> float:
+    """A batch of `max_tokens`-token replies from batches of `SHORT` and `LONG` tokens: their difference is the cost
+    per token, the rest the prompt's (prefill)."""
+    per_token = max(0.0, long_seconds - short_seconds) / (LONG - SHORT)
+    return max(short_seconds - SHORT * per_token, 0.0) + max_tokens * per_token
 
 
 def training_seconds(minutes: float) -> float:
@@ -89,3 +143,12 @@ def plan(train_seconds: float, step_seconds: float, sft_step_seconds: float | No
     sft_seconds = max(0.0, train_seconds - pre_seconds)
     sft = min(max_sft, max(min_steps, int(sft_seconds / sft_real)))
     return Plan(step_seconds, pre, sft, sft_step_seconds, pre_seconds, sft_seconds)
+
+
+def brought_plan(seconds_left: float, step_seconds: float, eval_seconds: float, max_sft: int = 1500,
+                 min_steps: int = 5) -> Plan:
+    """SFT steps and seconds for a brought model (no pretraining): what is left of the budget after its evaluation
+    (priced with `time_generation`) and a fixed `BROUGHT_OVERHEAD` (loading, export, parity check, report)."""
+    seconds = max(0.0, seconds_left - eval_seconds - BROUGHT_OVERHEAD) * SAFETY
+    steps = min(max_sft, max(min_steps, int(seconds / step_seconds * STEP_MARGIN)))
+    return Plan(step_seconds, 0, steps, step_seconds, 0.0, seconds)

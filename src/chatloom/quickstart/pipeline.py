@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..conversation import load
+from ..conversation import Conversation, load
 from . import budget
 from .dataset import HELDOUT_PATH, TRAIN_PATH
 
@@ -82,27 +82,30 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     timings: dict[str, float] = {}
 
     stage(1, "time budget")
-    if s.fixed_plan is not None:
-        plan = s.fixed_plan
-    else:
+    plan = s.fixed_plan
+    if plan is not None and model:  # no pretraining: SFT of the user's base gets all the training seconds
+        plan.pretrain_steps, plan.pretrain_seconds = 0, 0.0
+    elif plan is None and model:
+        console.print("sized on your model once it is loaded (stage 2)")
+    elif plan is None:
         step = budget.time_one_step(s.config, s.seq_len, s.batch_size)
         sft_step = budget.time_one_step(s.config, s.seq_len, s.sft_batch_size)
         plan = budget.plan(budget.training_seconds(minutes), step, sft_step)
-    if model:  # no pretraining: SFT of the user's base gets all the training seconds
-        if plan.sft_seconds:
-            plan.sft_seconds += plan.pretrain_seconds
-        plan.pretrain_steps, plan.pretrain_seconds = 0, 0.0
-    console.print(f"one step of {s.config!r} takes {plan.step_seconds:.2f}s here ({plan.sft_step_seconds:.2f}s at the SFT "
-                  f"batch) -> pretrain {plan.pretrain_steps} steps, SFT {plan.sft_steps} steps (budget {minutes:g} min"
-                  + (f"; at most {plan.pretrain_seconds:.0f} s + {plan.sft_seconds:.0f} s of training)"
-                     if plan.sft_seconds else ")"))
+        console.print(f"one step of {s.config!r} takes {plan.step_seconds:.2f}s here ({plan.sft_step_seconds:.2f}s at the "
+                      f"SFT batch) -> pretrain {plan.pretrain_steps} steps, SFT {plan.sft_steps} steps (budget "
+                      f"{minutes:g} min; at most {plan.pretrain_seconds:.0f} s + {plan.sft_seconds:.0f} s of training)")
     timings["budget"] = time.perf_counter() - started
 
     stage(2, "base model")
     t = time.perf_counter()
+    heldout = list(load(HELDOUT_PATH))
+    if s.heldout_limit:
+        heldout = spread(heldout, s.heldout_limit)
     if model:
         console.print(f"bringing your base model {model}")
         base_dir = bring_base(model, out / "base", protocol=protocol)
+        if plan is None:
+            plan = size_brought(base_dir, minutes * 60 - (time.perf_counter() - started), s, heldout)
     else:
         base_dir, _ = ensure_base(s.config, plan.pretrain_steps, protocol=protocol, seq_len=s.seq_len,
                                   batch_size=s.batch_size, lr=s.pretrain_lr, tag="tiny" if tiny else "",
@@ -127,9 +130,6 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
 
     stage(4, "evaluation on the held-out set")
     t = time.perf_counter()
-    heldout = list(load(HELDOUT_PATH))
-    if s.heldout_limit:
-        heldout = spread(heldout, s.heldout_limit)
     reports, continuations = [], {}
     for label, model_dir in (("base", base_dir), ("sft", sft_dir)):
         engine = load_engine(model_dir)
@@ -156,6 +156,28 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
                   highlight=False)
     console.print(f"  chatloom eval --model {sft_dir} --compare {base_dir} --html {out / 'eval.html'}", highlight=False)
     return QuickstartResult(out, base_dir, sft_dir, report, reports, timings, plan.as_dict())
+
+
+def size_brought(base_dir: Path, seconds_left: float, s: Settings, heldout: list) -> budget.Plan:
+    """The plan for a brought model, timed on it: one SFT step, and one batch of replies to price the evaluation (the
+    base and the SFT model answer every held-out probe, the SFT model also `imitation_sample` training prompts)."""
+    import math
+
+    from ..evals.generate import load_engine
+
+    engine = load_engine(base_dir)
+    batch = 32
+    prompts = [Conversation(c.messages[:-1]) for c in heldout[:batch]]
+    per_batch = budget.time_generation(engine, prompts, s.max_tokens, batch)
+    batches = 2 * math.ceil(len(heldout) / batch) + math.ceil(s.imitation_sample / batch) + 1  # + the documents
+    step = budget.time_step(engine.model, len(engine.tokenizer), s.seq_len, s.sft_batch_size, repeats=2, warmup=1,
+                            supervised=budget.SFT_SUPERVISED)
+    del engine
+    plan = budget.brought_plan(seconds_left, step, per_batch * batches)
+    console.print(f"one SFT step of your model takes {step:.2f}s here, a batch of {batch} replies {per_batch:.1f}s -> "
+                  f"evaluation ~{per_batch * batches / 60:.1f} min; SFT {plan.sft_steps} steps (at most "
+                  f"{plan.sft_seconds:.0f} s of training, of {seconds_left:.0f} s left)")
+    return plan
 
 
 def spread(items: list, n: int) -> list:
