@@ -29,7 +29,7 @@ BAD = {
     "seq_len": [(1, ">= 2"), (0, ">= 2"), ("1024", "integer")],
     "batch_size": [(-1, ">= 0"), (True, "integer")],
     "grad_accum": [(0, ">= 1")],
-    "lr": [(-1e-4, "> 0"), (0.0, "> 0"), (math.inf, "finite"), ("fast", "finite number")],
+    "lr": [(-1e-4, ">= 0"), (math.inf, "finite"), ("fast", "finite number")],
     "min_lr_ratio": [(-0.1, ">= 0"), (1.5, "<= 1")],
     "schedule": [("cosin", "cosine, linear, constant"), ("", "cosine, linear, constant")],
     "warmup_steps": [(-2, ">= -1")],

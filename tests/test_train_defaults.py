@@ -36,3 +36,23 @@ def test_default_run_makes_about_one_step_per_8_conversations(tmp_path):
     explicit = Run(TrainConfig(out=str(tmp_path / "run2"), model="tiny", data=[str(tmp_path / "c.jsonl")], seq_len=256,
                                batch_size=3, precision="fp32", progress=False))
     assert explicit.batch_size == 3 and explicit.rows_per_step == 3
+
+
+def test_learning_rate_follows_what_the_run_trains(tmp_path):
+    from chatloom.train.config import LR_FINE_TUNE, LR_FROM_SCRATCH, LR_LORA, default_lr
+
+    assert default_lr(TrainConfig(model="tiny")) == LR_FROM_SCRATCH == 3e-4  # a named config starts from random weights
+    assert default_lr(TrainConfig(mode="pretrain", model="runs/base")) == LR_FROM_SCRATCH
+    assert default_lr(TrainConfig(model="SmolLM2-135M-Instruct.Q4_1.gguf")) == LR_FINE_TUNE == 5e-5  # a trained model
+    assert default_lr(TrainConfig(model="runs/base")) == LR_FINE_TUNE
+    assert default_lr(TrainConfig(model="runs/base", lora=True)) == LR_LORA == 2e-4
+    convs = [Conversation.of(f"Who is friend {i}?", f"Friend {i} is a friend.") for i in range(20)]
+    save(convs, tmp_path / "c.jsonl")
+    auto = Run(TrainConfig(out=str(tmp_path / "a"), model="tiny", data=[str(tmp_path / "c.jsonl")], seq_len=128,
+                           precision="fp32", progress=False))
+    assert auto.optimizer.param_groups[0]["initial_lr"] == 3e-4 == auto.resolved()["resolved"]["lr"]
+    given = Run(TrainConfig(out=str(tmp_path / "b"), model="tiny", data=[str(tmp_path / "c.jsonl")], seq_len=128,
+                            lr=1e-3, precision="fp32", progress=False))
+    assert given.optimizer.param_groups[0]["initial_lr"] == 1e-3 == given.resolved()["resolved"]["lr"]
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=-1e-4)

@@ -41,7 +41,8 @@ COMMON = dict(
                              "runs to its end by then); with --max-steps, whichever comes first."),
     epochs=typer.Option(None, "--epochs"),
     seq_len=typer.Option(None, "--seq-len", help="Packed row length in tokens."),
-    lr=typer.Option(None, "--lr"),
+    lr=typer.Option(None, "--lr", help="Peak learning rate (default: 3e-4 from scratch and pretraining, 5e-5 for full SFT "
+                    "of a trained model, 2e-4 with --lora; the run card gives the one used)."),
     seed=typer.Option(None, "--seed"),
     batch_size=typer.Option(None, "--batch-size", help="Packed rows per micro-batch per process (default: rows that hold about 8 conversations a step, 1-8)."),
     grad_accum=typer.Option(None, "--grad-accum"),

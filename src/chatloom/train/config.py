@@ -41,7 +41,7 @@ class TrainConfig:
     seq_len: int = 1024
     batch_size: int = 0  # packed rows per micro-batch per process; 0: auto, rows that hold about 8 examples a step (1-8)
     grad_accum: int = 1
-    lr: float = 3e-4
+    lr: float = 0.0  # 0: by what the run trains (`default_lr`): 3e-4 from scratch, 5e-5 full SFT of a trained model
     min_lr_ratio: float = 0.1
     schedule: str = "cosine"  # cosine | linear | constant
     warmup_steps: int = -1  # -1: 5% of the steps
@@ -97,12 +97,30 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+#: learning rates when `lr` is 0, by what the run trains (measured on SmolLM2-135M-Instruct learning a new identity from
+#: 150 conversations in 3 epochs: 3e-4 made it answer "How many days are there in a week?" with its maker's name, 4 of
+#: 10 ordinary questions kept; 5e-5 kept 9 of 10 and learned the identity 20/20; 2e-5 only 14/20)
+LR_FROM_SCRATCH = 3e-4  # pretraining, or a named config (randomly initialised)
+LR_LORA = 2e-4  # adapters on a trained model
+LR_FINE_TUNE = 5e-5  # every weight of a trained model
+
+
+def default_lr(cfg: TrainConfig) -> float:
+    """The learning rate a run with `lr: 0` uses: a trained model fine-tuned in full forgets what it knew at the rate
+    that trains a new one, so it gets a lower one."""
+    from .models import CONFIGS
+
+    if cfg.mode == "pretrain" or cfg.model in CONFIGS:
+        return LR_FROM_SCRATCH
+    return LR_LORA if cfg.lora else LR_FINE_TUNE
+
+
 # ---------------------------------------------------------------------------------------------------------- checks
 #: field -> (minimum, maximum, whether the minimum itself is allowed); None: unbounded
 INTS = {"max_steps": (0, None), "seq_len": (2, None), "batch_size": (0, None), "grad_accum": (1, None),
         "warmup_steps": (-1, None), "seed": (0, 2**32 - 1), "eval_every": (0, None), "save_every": (0, None),
         "keep_checkpoints": (0, None), "lora_r": (1, None), "lora_alpha": (1, None), "interrupt_after": (0, None)}
-FLOATS = {"max_seconds": (0.0, None, True), "epochs": (0.0, None, False), "lr": (0.0, None, False),
+FLOATS = {"max_seconds": (0.0, None, True), "epochs": (0.0, None, False), "lr": (0.0, None, True),
           "min_lr_ratio": (0.0, 1.0, True), "weight_decay": (0.0, None, True), "beta1": (0.0, 1.0, True),
           "beta2": (0.0, 1.0, True), "max_grad_norm": (0.0, None, True)}
 BOOLS = ("resume", "lora", "gradient_checkpointing", "compile", "fsdp", "progress", "train_reasoning")

@@ -32,7 +32,7 @@ from . import checkpoint as ckpt
 from . import sharding
 from .attention import MASK_FREE, attention_name, restore_attention, use_training_attention
 from .collectives import all_max, all_sum, barrier, init_distributed
-from .config import TrainConfig, bf16_supported, resolve_device, resolve_precision  # noqa: F401 (bf16_supported: re-exported)
+from .config import TrainConfig, bf16_supported, default_lr, resolve_device, resolve_precision  # noqa: F401 (bf16_supported: re-exported)
 from .data import (
     IGNORE,
     DataError,
@@ -216,7 +216,8 @@ class Run:
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        self.optimizer = adamw(groups, self.device, cfg.fsdp, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.lr = cfg.lr or default_lr(cfg)
+        self.optimizer = adamw(groups, self.device, cfg.fsdp, lr=self.lr, betas=(cfg.beta1, cfg.beta2))
         self.batch_size = cfg.batch_size or auto_batch_size(len(self.shard), self.stats.examples,
                                                             cfg.grad_accum * self.world)
         self.rows_per_step = self.batch_size * cfg.grad_accum * self.world
@@ -475,7 +476,7 @@ class Run:
 
     def resolved(self) -> dict:
         return {**self.cfg.to_dict(), "resolved": {
-            "total_steps": self.total_steps, "warmup_steps": self.warmup, "precision": self.precision,
+            "lr": self.lr, "total_steps": self.total_steps, "warmup_steps": self.warmup, "precision": self.precision,
             "world_size": self.world, "device": str(self.device), "batch_size": self.batch_size,
             "rows_per_step": self.rows_per_step, "steps_per_epoch": round(len(self.shard) / self.rows_per_step, 2),
             "examples_per_step": round(self.stats.examples / max(1, len(self.shard)) * self.rows_per_step, 1),
