@@ -230,8 +230,28 @@ def test_malformed_and_oversized_bodies(server, client):
 
 
 def test_event_loop_stays_free_during_a_long_generation(engine):
+    """/health answers while a generation is mid-way. The decoding thread is held after its 10th step until the check
+    is done (a sleep-based version raced: on a fast CPU the tiny model's 400 tokens were done before /health was
+    asked); a generation running on the event loop would hold the loop too, and /health would time out."""
     endless = Engine(engine.model, engine.protocol)
     endless.stop_ids = set()
+    midway, checked = threading.Event(), threading.Event()
+    make_batch = endless.batch
+
+    def held_batch():
+        batch, steps = make_batch(), [0]
+        step = batch.step
+
+        def held_step():
+            steps[0] += 1
+            if steps[0] == 10:
+                midway.set()
+                checked.wait(60)
+            return step()
+        batch.step = held_step
+        return batch
+
+    endless.batch = held_batch
     with running(create_app(endless, model_name="endless")) as url:
         done = {}
 
@@ -241,14 +261,17 @@ def test_event_loop_stays_free_during_a_long_generation(engine):
 
         t = threading.Thread(target=long_request)
         t.start()
-        time.sleep(0.3)
+        assert midway.wait(60)
         start = time.monotonic()
-        assert httpx.get(url + "/health", timeout=10).status_code == 200
-        health_seconds = time.monotonic() - start
-        still_running = t.is_alive()
+        try:
+            assert httpx.get(url + "/health", timeout=10).status_code == 200
+        finally:
+            health_seconds = time.monotonic() - start
+            still_running = t.is_alive()
+            checked.set()
         t.join(timeout=120)
     assert done["r"].json()["usage"]["completion_tokens"] == 400
-    assert still_running and health_seconds < 1.0
+    assert still_running and health_seconds < 1.0, (still_running, health_seconds)
 
 
 @pytest.mark.parametrize("fast", PATHS)
