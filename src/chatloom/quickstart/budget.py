@@ -96,6 +96,9 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
     return best
 
 
+SHORT, LONG = 4, 12  # new tokens of the two timed generation batches
+
+
 def time_generation(engine, prompts: list, max_tokens: int, batch_size: int = 32) -> float:
     """Seconds one batch of `batch_size` greedy replies of `max_tokens` tokens takes with `engine`, from short timed
     batches after a warm-up (best of two at 4 and at 12 new tokens), so a brought model's evaluation is priced before
@@ -114,8 +117,6 @@ def time_generation(engine, prompts: list, max_tokens: int, batch_size: int = 32
         seconds[n] = best
     return batch_seconds(seconds[SHORT], seconds[LONG], max_tokens)
 
-
-SHORT, LONG = 4, 12
 
 
 def batch_seconds(short_seconds: float, long_seconds: float, max_tokens: int) -> float:
