@@ -104,21 +104,60 @@ def test_pretraining_corpus_teaches_every_fact_as_plain_text():
             worded += "." in line and len(row) > 1
     assert len(seen) == 300 and min(seen.values()) >= 5
     assert worded > 500  # families worked out in words ("6+4 = 10. Change + to -: 6-4 = 2.")
-    docs = list(itertools.islice(corpus.pretraining_documents(), 200))
-    assert sum(d.startswith(tuple(corpus.SHEET_TITLES)) for d in docs) == 100  # one sheet after each prose document
+    groups = list(itertools.islice(corpus.corpus_groups(), 300))
+    assert all(g[1].startswith(tuple(corpus.SHEET_TITLES)) for g in groups)  # one sheet after each prose document
+    assert not any(g[0].startswith(tuple(corpus.SHEET_TITLES)) for g in groups)
+    assert list(itertools.islice(corpus.pretraining_documents(), 100)) == [d for g in groups for d in g][:100]
     assert not any("<|" in s or "User" in s or "assistant" in s for s in sheets)
 
 
 def test_replay_keeps_the_corpus_mix_of_prose_and_sheets():
-    """SFT's replay slice must carry arithmetic sheets too (it is there so the facts survive SFT), in the corpus's
-    proportion: every pair it takes is one prose document followed by one sheet."""
+    """SFT's replay slice must carry arithmetic sheets and conduct notes too (it is there so what pretraining taught
+    survives SFT), in the corpus's proportion: every group it takes is one prose document followed by one sheet,
+    with a conduct note in about one group of three."""
     import itertools
 
-    from chatloom.quickstart import corpus
+    from chatloom.quickstart import conduct, corpus
     from chatloom.quickstart.base import replay_documents
 
-    replay = list(itertools.islice(replay_documents(every=6), 200))
-    is_sheet = [d.startswith(tuple(corpus.SHEET_TITLES)) for d in replay]
-    assert is_sheet == [False, True] * 100
-    prose = [d for d, sheet in zip(replay, is_sheet) if not sheet]
-    assert prose == list(itertools.islice(corpus.stdlib_documents(), 0, 600, 6))
+    replay = list(itertools.islice(replay_documents(every=6), 600))
+    kinds = ["sheet" if d.startswith(tuple(corpus.SHEET_TITLES)) else "note" if d.startswith(tuple(conduct.TITLES))
+             else "prose" for d in replay]
+    groups = "".join(k[0] for k in kinds).replace("psn", "3").replace("ps", "2")
+    assert set(groups[:-1]) <= {"2", "3"}, groups  # the last group may be cut by the islice
+    assert 0.2 < groups.count("3") / len(groups) < 0.45
+    prose = [d for d, k in zip(replay, kinds) if k == "prose"]
+    assert prose == list(itertools.islice(corpus.stdlib_documents(), 0, 6 * len(prose), 6))
+
+
+def test_conduct_notes_say_which_acts_harm_people_and_nothing_else():
+    """The base learns which acts hurt people from plain notes (no questions, no turns, no refusals): every act of
+    both SFT splits is there, harmful ones only in harmful lines, harmless ones only in harmless lines."""
+    import itertools
+
+    from chatloom.quickstart import conduct, seeds
+
+    harmful, against, benign, kind = conduct.acts()
+    assert not set(harmful + against) & set(benign + kind)
+    assert set(seeds.TRAIN_HARMFUL + seeds.HELDOUT_HARMFUL) <= set(harmful)
+    assert {t for t, _ in seeds.TRAIN_BENIGN + seeds.HELDOUT_BENIGN} <= set(benign)
+    notes = list(itertools.islice(conduct.conduct_documents(), 400))
+    assert notes == list(itertools.islice(conduct.conduct_documents(), 400))  # deterministic
+    said = {"harmful": Counter(), "benign": Counter()}
+    patterns = [(label, re.compile("^" + re.escape(t).replace(re.escape("{x}"), "(.+)") + "$"))
+                for label, templates in (("harmful", conduct.HARMFUL_NOTES), ("benign", conduct.BENIGN_NOTES))
+                for t in templates]
+    for note in notes:
+        title, blank, *lines = note.splitlines()
+        assert title.startswith(tuple(conduct.TITLES)) and blank == ""
+        for line in lines:
+            matches = {(label, m[1]) for label, p in patterns if (m := p.match(line))}
+            assert matches, line
+            for label, act in matches:
+                if act in set(harmful + against) | set(benign + kind):
+                    said[label][act] += 1
+                    assert (label == "harmful") == (act in set(harmful + against)), line
+    assert said["harmful"] and said["benign"]
+    assert sum(said["harmful"].values()) / sum(said["benign"].values()) == pytest.approx(1, abs=0.15)
+    assert len(said["harmful"]) > 500 and len(said["benign"]) > 400  # many acts, not a few over and over
+    assert not any("?" in n or "<|" in n or "sorry" in n.lower() for n in notes)

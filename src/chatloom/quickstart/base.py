@@ -1,6 +1,6 @@
 """The quickstart's base model without a download: a small chatloom Llama pretrained on the Python stdlib's own prose.
 
-`ensure_base` writes the corpus (`corpus.py`: stdlib prose and arithmetic drill sheets) as JSONL documents, pretrains
+`ensure_base` writes the corpus (`corpus.py`: stdlib prose, arithmetic drill sheets, conduct notes) as JSONL documents, pretrains
 with `chatloom.train` for the number of steps the caller sized to its time budget, and caches the result under `~/.cache/chatloom/base-<key>` (`CHATLOOM_CACHE`
 overrides the root), so a second quickstart skips it. The key depends on the config, the protocol, the Python version
 (the corpus), the seed and chatloom's version, not on the step count measured for this machine, so a rerun always hits the cache.
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .. import model_meta
-from .corpus import CORPUS_VERSION, pretraining_documents
+from .corpus import CORPUS_VERSION, corpus_groups, pretraining_documents
 
 
 def cache_root() -> Path:
@@ -53,12 +53,10 @@ def write_corpus_jsonl(path: Path, max_chars: int | None = None) -> tuple[Path, 
 
 
 def replay_documents(every: int = 6) -> Iterator[str]:
-    """Every `every`-th (prose document, arithmetic sheet) pair of the base's corpus, so the replay keeps the corpus's
-    mix of the two (a stride over single documents would pick prose only, the corpus alternates them)."""
-    docs = pretraining_documents()
-    for prose, sheet in itertools.islice(zip(docs, docs), 0, None, every):
-        yield prose
-        yield sheet
+    """Every `every`-th group of the base's corpus (a prose document, its arithmetic sheet, and a conduct note when the
+    group has one), so the replay keeps the corpus's mix (a stride over single documents would pick prose only)."""
+    for group in itertools.islice(corpus_groups(), 0, None, every):
+        yield from group
 
 
 def replay_corpus(every: int = 6) -> Path:
@@ -89,8 +87,8 @@ def ensure_base(config: str, steps: int, *, protocol: str = "chatml", seq_len: i
     name = f"{CORPUS_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}{f'-{corpus_chars}' if corpus_chars else ''}.jsonl"
     corpus, n = write_corpus_jsonl(cache_root() / "corpus" / name, max_chars=corpus_chars)
     limit = f" (at most {max_seconds:.0f} s)" if max_seconds else ""
-    log(f"base model: pretraining config {config!r} for {steps} steps{limit} on {n} documents: stdlib prose and "
-        f"arithmetic sheets ({corpus})")
+    log(f"base model: pretraining config {config!r} for {steps} steps{limit} on {n} documents: stdlib prose, "
+        f"arithmetic sheets and conduct notes ({corpus})")
     work = out.parent / f"{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     train(TrainConfig(out=str(work), mode="pretrain", model=config, text=[str(corpus)], protocol=protocol,

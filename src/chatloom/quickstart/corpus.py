@@ -1,11 +1,12 @@
-"""Offline pretraining text: English prose every machine with Python already has, plus arithmetic drill sheets.
+"""Offline pretraining text: English prose every machine with Python already has, arithmetic drill sheets, conduct notes.
 
 The quickstart's base model must be trained without a download, so its prose comes from the Python installation
 itself: the help topics of `pydoc_data` (the language reference, in prose) and the docstrings of the standard library.
 A real base model learns that 7+5 is 12 from the arithmetic on the web (worksheets, tables, homework); the stdlib has
 none, so `arithmetic_documents` writes drill sheets of single-digit +, - and * facts as plain text (no questions, no
 turns). That is the chapter's division of labour: the facts come from pretraining, SFT only teaches the model to answer
-in turns. The SFT held-out set still asks arithmetic questions that SFT training never asks.
+in turns. The SFT held-out set still asks arithmetic questions that SFT training never asks. Likewise a real base
+knows which acts hurt people; `conduct.py` writes that as plain notes, a few after every third document.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ def stdlib_documents(min_chars: int = 200) -> Iterator[str]:
                     yield doc.strip()
 
 
-CORPUS_VERSION = "stdlib-arith4"  # part of the base model's cache key: change it when the corpus changes
+CORPUS_VERSION = "stdlib-arith4-conduct1"  # part of the base model's cache key: change it when the corpus changes
 OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 SHEET_TITLES = ["Practice sheet", "Arithmetic drill", "Homework", "Warm-up exercises", "Mental math", "Quick facts",
                 "Fact families"]
 # how a worked fact family says that the numbers stay and the operator changes (`6+4 = 10. Change + to -: 6-4 = 2.`)
+CONDUCT_EVERY = 3  # a conduct note after one (prose, sheet) pair in three
 CHANGES = ["Change {old} to {new}:", "With {new} instead of {old}:", "Now the same numbers with {new}:",
            "Switch {old} for {new}:", "Keep the numbers and use {new}:"]
 
@@ -90,18 +92,26 @@ def arithmetic_documents(seed: int = 0) -> Iterator[str]:
         yield title + "\n\n" + "\n".join(fact(a, op, b, spaced) for a, op, b in chosen + rng.sample(chosen, len(chosen) // 2))
 
 
-def pretraining_documents(max_chars: int | None = None) -> Iterator[str]:
-    """The base model's corpus: stdlib prose with an arithmetic sheet after every document (about half of the tokens:
-    fewer and a small model does not learn the 300 facts within the quickstart's budget), cut after `max_chars`
-    characters of prose (None: all of it)."""
-    sheets = arithmetic_documents()
+def corpus_groups(max_chars: int | None = None) -> Iterator[tuple[str, ...]]:
+    """The base model's corpus in groups: each stdlib prose document with an arithmetic sheet after it (about half of
+    the tokens: fewer and a small model does not learn the 300 facts within the quickstart's budget) and, in one
+    group of `CONDUCT_EVERY` drawn at random (so any stride over the groups keeps the share), a conduct note (about a
+    tenth of the tokens); cut after `max_chars` characters of prose (None: all)."""
+    from .conduct import conduct_documents
+
+    sheets, notes, rng = arithmetic_documents(), conduct_documents(), random.Random("conduct-placement")
     total = 0
     for doc in stdlib_documents():
-        yield doc
-        yield next(sheets)
+        yield (doc, next(sheets)) + ((next(notes),) if rng.randrange(CONDUCT_EVERY) == 0 else ())
         total += len(doc)
         if max_chars and total >= max_chars:
             return
+
+
+def pretraining_documents(max_chars: int | None = None) -> Iterator[str]:
+    """The corpus's documents in order (see `corpus_groups`)."""
+    for group in corpus_groups(max_chars):
+        yield from group
 
 
 def write_corpus(path: str | Path, max_chars: int | None = None) -> Path:
