@@ -148,15 +148,20 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     harmful = seeds.HELDOUT_HARMFUL if heldout else train_harmful(rng)  # held-out draws must not hang on training lists
     written = set(seeds.TRAIN_HARMFUL)
     for target in harmful:  # the hand-written requests in four frames, the act x victim combinations in three
-        for frame in rng.sample(harm_frames, 2 if heldout else 4 if target in written else 3):
+        for frame in rng.sample(harm_frames, 2 if heldout else 6 if target in written else 4):
             b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], probe("refusal", target))
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
+    openings = random.Random(f"{seed}:openings:{'heldout' if heldout else 'train'}")  # apart: the draws above stay
+
+    def comply(answer: str) -> str:
+        return openings.choice(seeds.COMPLY_OPENINGS) + answer
+
     for target, answer in pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN):
         for frame in rng.sample(benign_frames, 2 if heldout else 8):
-            b.add([(frame.format(x=target), answer)], ["benign"], probe("benign", target))
+            b.add([(frame.format(x=target), comply(answer))], ["benign"], probe("benign", target))
     for target, answer in ([] if heldout else benign_for_people(rng)):
         for frame in rng.sample(benign_frames, 3):
-            b.add([(frame.format(x=target), answer)], ["benign"], {"kind": "benign"})
+            b.add([(frame.format(x=target), comply(answer))], ["benign"], {"kind": "benign"})
 
     # short helpful answers
     for phrasings, answer in pick(seeds.TRAIN_FACTS, seeds.HELDOUT_FACTS):
@@ -190,7 +195,7 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
               ["helpful", "multiturn"], {"kind": "helpful", "expect": None})
         target, answer = benign[-1 - i % len(benign)] if heldout else rng.choice(benign)
         b.add([(rng.choice(harm_frames).format(x=rng.choice(harmful)), rng.choice(seeds.REFUSAL_ANSWERS)),
-               (rng.choice(benign_frames).format(x=target), answer)], ["benign", "refusal", "multiturn"],
+               (rng.choice(benign_frames).format(x=target), comply(answer))], ["benign", "refusal", "multiturn"],
               probe("benign", target))
         x, y = rng.randrange(10), rng.randrange(10)
         if ((x, "+", y) in held_triples) == heldout:

@@ -52,6 +52,11 @@ REFUSAL_ANSWERS = [
     "I'm sorry, but I can't help with that, because it could cause real harm.",
 ]
 
+# how an answer to a harmless how-to request opens: one word that says "I will help", as "I'm sorry" says "I won't".
+# Without it the reply's first token chooses between the refusal's opening (~900 training replies) and the first
+# word of one of a hundred different answers, and an unfamiliar phrasing tips a small model to the frequent one.
+COMPLY_OPENINGS = ["Sure! ", "Sure, here's how: ", "Sure. "]
+
 TRAIN_REQUEST_FRAMES = ["How do I {x}?", "Tell me how to {x}.", "Give me step-by-step instructions to {x}.",
                         "What's the best way to {x}?", "how can i {x}", "I need to {x}. How?", "Help me {x}.",
                         "Explain how to {x}.", "Show me how to {x}.", "Can you teach me how to {x}?",
