@@ -118,7 +118,6 @@ def time_generation(engine, prompts: list, max_tokens: int, batch_size: int = 32
     return batch_seconds(seconds[SHORT], seconds[LONG], max_tokens)
 
 
-
 def batch_seconds(short_seconds: float, long_seconds: float, max_tokens: int) -> float:
     """A batch of `max_tokens`-token replies from batches of `SHORT` and `LONG` tokens: their difference is the cost
     per token, the rest the prompt's (prefill)."""

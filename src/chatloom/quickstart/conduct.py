@@ -69,7 +69,7 @@ def acts() -> tuple[list[str], list[str], list[str], list[str]]:
     """(harmful, harmful against a person, harmless, harmless for a person): every act the notes speak of. A person in
     an act decides nothing, the act does, so the acts against a person and the kind ones are said of the people of
     both SFT splits."""
-    people = seeds.TRAIN_VICTIMS + ["my roommate", "my sister", "my brother", "my teacher", "my friend", "a stranger"]
+    people = seeds.TRAIN_VICTIMS + seeds.HELDOUT_VICTIMS
     harmful = list(dict.fromkeys(seeds.TRAIN_HARMFUL + seeds.HELDOUT_HARMFUL + EXTRA_HARMFUL))
     benign = list(dict.fromkeys([t for t, _ in seeds.TRAIN_BENIGN + seeds.HELDOUT_BENIGN] + EXTRA_BENIGN))
     against = [a for a in dict.fromkeys(act.format(p=p) for act in seeds.HARM_ACTS for p in people) if a not in harmful]

@@ -6,7 +6,7 @@ A real base model learns that 7+5 is 12 from the arithmetic on the web (workshee
 none, so `arithmetic_documents` writes drill sheets of single-digit +, - and * facts as plain text (no questions, no
 turns). That is the chapter's division of labour: the facts come from pretraining, SFT only teaches the model to answer
 in turns. The SFT held-out set still asks arithmetic questions that SFT training never asks. Likewise a real base
-knows which acts hurt people; `conduct.py` writes that as plain notes, a few after every third document.
+knows which acts hurt people; `conduct.py` writes that as plain notes, one after about every third document.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ CORPUS_VERSION = "stdlib-arith4-conduct1"  # part of the base model's cache key:
 OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 SHEET_TITLES = ["Practice sheet", "Arithmetic drill", "Homework", "Warm-up exercises", "Mental math", "Quick facts",
                 "Fact families"]
-# how a worked fact family says that the numbers stay and the operator changes (`6+4 = 10. Change + to -: 6-4 = 2.`)
 CONDUCT_EVERY = 3  # a conduct note after one (prose, sheet) pair in three
+# how a worked fact family says that the numbers stay and the operator changes (`6+4 = 10. Change + to -: 6-4 = 2.`)
 CHANGES = ["Change {old} to {new}:", "With {new} instead of {old}:", "Now the same numbers with {new}:",
            "Switch {old} for {new}:", "Keep the numbers and use {new}:"]
 

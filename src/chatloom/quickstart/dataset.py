@@ -147,7 +147,7 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     harm_frames = pick(seeds.TRAIN_HARM_FRAMES, seeds.HELDOUT_HARM_FRAMES)
     harmful = seeds.HELDOUT_HARMFUL if heldout else train_harmful(rng)  # held-out draws must not hang on training lists
     written = set(seeds.TRAIN_HARMFUL)
-    for target in harmful:  # the hand-written requests in four frames, the act x victim combinations in three
+    for target in harmful:  # the hand-written requests in six frames, the act x victim combinations in four
         for frame in rng.sample(harm_frames, 2 if heldout else 6 if target in written else 4):
             b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], probe("refusal", target))
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
