@@ -57,7 +57,14 @@ def test_heldout_is_disjoint(packaged):
     from chatloom.quickstart import seeds
 
     assert not set(dataset.train_harmful(random.Random(0))) & set(seeds.HELDOUT_HARMFUL)
-    assert not set(seeds.TRAIN_HARMFUL) & set(seeds.HELDOUT_HARMFUL)
+    assert not set(seeds.TRAIN_HARMFUL + seeds.WIDER_HARMFUL) & set(seeds.HELDOUT_HARMFUL)
+    # the held-out harms SFT never names: none of their own words is in a training request ("hijack", "airplane",
+    # "plane"), though the wider harms are
+    trained_requests = [m.content for c in train for m in c.messages if m.role == "user" and "refusal" in c.meta["tags"]]
+    assert set(dataset.wider_harmful()) < set(seeds.WIDER_HARMFUL)
+    assert sum(any(w in r for r in trained_requests) for w in dataset.wider_harmful()) == len(dataset.wider_harmful())
+    for word in ("derail", "hijack", "airplane", "plane", "cyclist", "dealership", "ricin", "vest", "vaccination"):
+        assert not any(re.search(rf"\b{word}\b", r, re.I) for r in trained_requests), word
     heldout_victims = ("roommate", "sister", "brother", "teacher", "friend", "stranger")
     assert not any(v in victim.split() for v in heldout_victims for victim in seeds.TRAIN_VICTIMS)
     assert not {t for t, _ in seeds.TRAIN_BENIGN} & {t for t, _ in seeds.HELDOUT_BENIGN}
@@ -139,7 +146,7 @@ def test_conduct_notes_say_which_acts_harm_people_and_nothing_else():
 
     harmful, against, benign, kind = conduct.acts()
     assert not set(harmful + against) & set(benign + kind)
-    assert set(seeds.TRAIN_HARMFUL + seeds.HELDOUT_HARMFUL) <= set(harmful)
+    assert set(seeds.TRAIN_HARMFUL + seeds.WIDER_HARMFUL + seeds.HELDOUT_HARMFUL) <= set(harmful)
     assert {t for t, _ in seeds.TRAIN_BENIGN + seeds.HELDOUT_BENIGN} <= set(benign)
     notes = list(itertools.islice(conduct.conduct_documents(), 400))
     assert notes == list(itertools.islice(conduct.conduct_documents(), 400))  # deterministic

@@ -320,3 +320,39 @@ def test_max_seconds_stops_on_time_with_the_schedule_run_to_its_end(convs_file, 
     steps_first = train(TrainConfig(out=str(tmp_path / "steps"), model="tiny", data=[str(convs_file)], seq_len=64,
                                     batch_size=2, max_steps=3, max_seconds=600, precision="fp32", progress=False))
     assert steps_first.final["stopped_by"] == "steps" and steps_first.steps == 3
+
+
+def test_neftune_noise_is_bounded_and_only_in_training_mode():
+    """NEFTune: uniform noise of at most alpha / sqrt(L * d) on each input embedding while training, none in eval."""
+    import math
+
+    from chatloom.train.loop import add_embedding_noise
+
+    model = build_model("tiny", 300, seed=0)
+    ids = torch.randint(0, 300, (2, 50))
+    clean = model.get_input_embeddings()(ids).detach()
+    handle = add_embedding_noise(model, alpha=5.0)
+    model.train()
+    noisy = model.get_input_embeddings()(ids).detach()
+    bound = 5.0 / math.sqrt(50 * clean.shape[-1])
+    diff = (noisy - clean).abs()
+    assert diff.max() <= bound * (1 + 1e-6) and diff.max() > 0.9 * bound and diff.mean() > 0.4 * bound
+    model.eval()
+    assert torch.equal(model.get_input_embeddings()(ids), clean)
+    handle.remove()
+    model.train()
+    assert torch.equal(model.get_input_embeddings()(ids), clean)
+
+
+def test_neftune_trains_and_exports_a_clean_model(convs_file, tmp_path):
+    """A run with NEFTune on learns (loss falls) and its exported model matches the trainer's weights in eval mode:
+    the noise never reaches the saved model or the post-training parity check."""
+    with pytest.raises(ValueError, match="neftune_alpha"):
+        TrainConfig(neftune_alpha=-1.0)
+    result = train(TrainConfig(out=str(tmp_path / "nef"), model="tiny", data=[str(convs_file)], seq_len=128, batch_size=5,
+                               max_steps=30, lr=5e-3, warmup_steps=3, precision="fp32", neftune_alpha=5.0, progress=False))
+    losses = [json.loads(line)["loss"] for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert "neftune_alpha: 5.0" in (result.out_dir / "config.yaml").read_text()
+    assert result.check is not None and result.check["ok"], result.check

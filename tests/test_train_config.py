@@ -37,6 +37,7 @@ BAD = {
     "beta1": [(1.0, "< 1"), (-0.5, ">= 0")],
     "beta2": [(1.2, "< 1")],
     "max_grad_norm": [(-1.0, ">= 0")],
+    "neftune_alpha": [(-1.0, ">= 0"), (float("nan"), "finite")],
     "precision": [("fp8", "auto, bf16, fp16, fp32"), ("float32", "auto, bf16, fp16, fp32")],
     "seed": [(-1, "0 .. 4294967295"), (2**32, "0 .. 4294967295")],
     "eval_every": [(-5, ">= 0")],

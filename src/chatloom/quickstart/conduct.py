@@ -6,8 +6,8 @@ refusals can only follow the words SFT used: a request to "hijack an airplane" o
 is a coin flip, and the refusal bars move run to run with it. `conduct_documents` writes that knowledge as the
 arithmetic sheets write the facts: short notes, one act per line, saying in varied plain words whether an act harms
 people. No questions, no turns, no refusals: SFT still has to teach the assistant to decline, and its held-out requests
-stay unseen by SFT. The notes name the acts of both SFT splits (as the drill sheets hold the held-out arithmetic facts)
-and as many again that neither split uses.
+stay unseen by SFT. The notes name every act of both SFT splits (as the drill sheets hold the held-out arithmetic
+facts) and harmless acts that neither split uses.
 """
 
 from __future__ import annotations
@@ -18,23 +18,6 @@ from collections.abc import Iterator
 
 from . import seeds
 
-EXTRA_HARMFUL = [
-    "set off a car bomb", "cut the brake lines of a bus", "crash a plane into a building", "take hostages in a bank",
-    "smuggle guns across a border", "sell people into slavery", "torture an animal", "drown a cat", "abduct a tourist",
-    "assassinate a politician", "start a forest fire on purpose", "blow up a dam above a village",
-    "sink a ferry full of people", "put glass in baby food", "tamper with medicine in a pharmacy",
-    "spike a drink at a party", "make a chemical weapon", "grow anthrax", "spread a deadly disease on purpose",
-    "attack people with a knife", "throw acid on someone", "drive a truck into a crowd", "sell fake medicine",
-    "embezzle money from a charity", "extort a shop owner", "bribe a judge", "rig an election", "sabotage a power plant",
-    "shut down a city's power grid", "crash a hospital's computers", "harass a girl online until she breaks",
-    "bully a kid until he cries", "make a dirty bomb", "smuggle drugs on a plane", "pickpocket a tourist",
-    "rob a jewelry store", "loot a shop during a riot", "vandalize a school", "torch a police car", "break a man's legs",
-    "choke a person until he passes out", "shoot a police officer", "stab a stranger on the street",
-    "bury a body in the woods", "poison a well", "set a trap to injure a hiker", "crash my car into a cyclist",
-    "push a man onto the subway tracks", "lock a child in a hot car", "starve a dog", "trick a child into a van",
-    "sell stolen guns", "make a silencer for a pistol", "sabotage an airplane's engine", "hold a family at gunpoint",
-    "hijack a bus", "derail a freight train", "set fire to a school bus", "run down a pedestrian", "gas a subway station",
-]
 EXTRA_BENIGN = [
     "water the plants", "plant tomatoes", "tune a guitar", "paint a fence", "fix a leaky tap", "wash a car",
     "walk a dog", "bake bread", "brew coffee", "change a flat tire", "sharpen a kitchen knife", "carve a pumpkin",
@@ -70,7 +53,7 @@ def acts() -> tuple[list[str], list[str], list[str], list[str]]:
     an act decides nothing, the act does, so the acts against a person and the kind ones are said of the people of
     both SFT splits."""
     people = seeds.TRAIN_VICTIMS + seeds.HELDOUT_VICTIMS
-    harmful = list(dict.fromkeys(seeds.TRAIN_HARMFUL + seeds.HELDOUT_HARMFUL + EXTRA_HARMFUL))
+    harmful = list(dict.fromkeys(seeds.TRAIN_HARMFUL + seeds.HELDOUT_HARMFUL + seeds.WIDER_HARMFUL))
     benign = list(dict.fromkeys([t for t, _ in seeds.TRAIN_BENIGN + seeds.HELDOUT_BENIGN] + EXTRA_BENIGN))
     against = [a for a in dict.fromkeys(act.format(p=p) for act in seeds.HARM_ACTS for p in people) if a not in harmful]
     kind = [a for a in dict.fromkeys(act.format(p=p) for act, _ in seeds.BENIGN_ACTS for p in people) if a not in benign]

@@ -16,6 +16,7 @@ targets (`meta.probe.target` on held-out records), so one target moves a bar by 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -95,6 +96,18 @@ def train_harmful(rng: random.Random, victims_per_act: int = 6) -> list[str]:
     return list(dict.fromkeys(seeds.TRAIN_HARMFUL + combos))
 
 
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def wider_harmful() -> list[str]:
+    """The wider harms SFT trains on: those with no word that is, contains or is part of a word only the held-out
+    unnamed harms use ("plane" and "airplane"), so "hijack an airplane" stays a request in words SFT never refused."""
+    named = set().union(*(words(t) for t in seeds.TRAIN_HARMFUL))
+    distinctive = set().union(*(words(t) for t in seeds.HELDOUT_UNNAMED_HARMS)) - named
+    return [a for a in seeds.WIDER_HARMFUL if not any(w in d or d in w for w in words(a) - named for d in distinctive)]
+
+
 def benign_for_people(rng: random.Random, people_per_act: int = 4) -> list[tuple[str, str]]:
     """Training look-alikes that name a person: each harmless act for a few of the training victims."""
     return [(act.format(p=v), answer) for act, answer in seeds.BENIGN_ACTS
@@ -150,6 +163,10 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     for target in harmful:  # the hand-written requests in six frames, the act x victim combinations in four
         for frame in rng.sample(harm_frames, 2 if heldout else 6 if target in written else 4):
             b.add([(frame.format(x=target), rng.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], probe("refusal", target))
+    wider = random.Random(f"{seed}:wider")  # apart, so the draws above and below stay as they were
+    for target in [] if heldout else wider_harmful():
+        for frame in wider.sample(harm_frames, 4):
+            b.add([(frame.format(x=target), wider.choice(seeds.REFUSAL_ANSWERS))], ["refusal"], {"kind": "refusal"})
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
     openings = random.Random(f"{seed}:openings:{'heldout' if heldout else 'train'}")  # apart: the draws above stay
 

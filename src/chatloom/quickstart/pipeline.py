@@ -34,7 +34,8 @@ class Settings:
     batch_size: int = 16
     sft_batch_size: int = 8  # the conversation set is small: more, smaller steps learn more in the same time
     pretrain_lr: float = 2e-3
-    sft_lr: float = 7e-4
+    sft_lr: float = 3e-4
+    sft_neftune: float = 5.0  # NEFTune noise on SFT's input embeddings (TrainConfig.neftune_alpha)
     max_tokens: int = 64  # the held-out references are up to 37 tokens: a lower limit cuts right answers short
     heldout_limit: int = 0  # 0: the whole held-out set
     train_limit: int = 0  # 0: the whole training set
@@ -125,7 +126,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     replay = [str(replay_corpus(s.replay_every))] if s.replay_every and not model else []  # against forgetting
     train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], text=replay, protocol=protocol,
                       max_steps=plan.sft_steps, max_seconds=plan.sft_seconds, seq_len=s.seq_len, batch_size=s.sft_batch_size,
-                      lr=s.sft_lr if not model else 1e-4, warmup_steps=max(1, plan.sft_steps // 20), seed=seed))
+                      lr=s.sft_lr if not model else 1e-4, neftune_alpha=s.sft_neftune if not model else 0.0, warmup_steps=max(1, plan.sft_steps // 20), seed=seed))
     timings["sft"] = time.perf_counter() - t
 
     stage(4, "evaluation on the held-out set")

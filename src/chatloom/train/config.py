@@ -49,6 +49,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     max_grad_norm: float = 1.0
+    neftune_alpha: float = 0.0  # > 0: NEFTune, uniform noise of scale alpha / sqrt(L * d) on the input embeddings while training
     precision: str = "auto"  # auto | bf16 | fp16 (CUDA, with loss scaling) | fp32
     seed: int = 0
     eval_every: int = 0  # validation loss every N steps (0: only at the start and the end)
@@ -122,7 +123,8 @@ INTS = {"max_steps": (0, None), "seq_len": (2, None), "batch_size": (0, None), "
         "keep_checkpoints": (0, None), "lora_r": (1, None), "lora_alpha": (1, None), "interrupt_after": (0, None)}
 FLOATS = {"max_seconds": (0.0, None, True), "epochs": (0.0, None, False), "lr": (0.0, None, True),
           "min_lr_ratio": (0.0, 1.0, True), "weight_decay": (0.0, None, True), "beta1": (0.0, 1.0, True),
-          "beta2": (0.0, 1.0, True), "max_grad_norm": (0.0, None, True)}
+          "beta2": (0.0, 1.0, True), "max_grad_norm": (0.0, None, True),
+          "neftune_alpha": (0.0, None, True)}
 BOOLS = ("resume", "lora", "gradient_checkpointing", "compile", "fsdp", "progress", "train_reasoning")
 CHOICES = {"mode": MODES, "schedule": SCHEDULES, "precision": PRECISIONS, "on_error": ON_ERROR}
 PATH_LISTS = ("data", "val", "text")

@@ -94,6 +94,20 @@ def fusable(head) -> bool:
     return type(head) is nn.Linear and head.bias is None and type(head.weight) is nn.Parameter
 
 
+def add_embedding_noise(model: nn.Module, alpha: float):
+    """NEFTune (Jain et al. 2023): while the model is in training mode, add uniform noise in
+    [-alpha / sqrt(L * d), +alpha / sqrt(L * d)] to its input embeddings (L tokens per row, d the width), which keeps
+    SFT from fitting the exact words of its requests. A forward hook: evaluation and the exported model are untouched."""
+
+    def hook(module, args, output):
+        if not module.training:
+            return output
+        bound = alpha / math.sqrt(output.size(-2) * output.size(-1))
+        return output + torch.empty_like(output).uniform_(-bound, bound)
+
+    return model.get_input_embeddings().register_forward_hook(hook)
+
+
 def peak_memory_gb(device: torch.device) -> float:
     """Peak memory of this process so far: allocated CUDA memory on a GPU, resident set size (RSS) on the CPU."""
     if device.type == "cuda":
@@ -200,6 +214,8 @@ class Run:
         self.model.to(self.device)
         self.raw_model = self.model
         use_training_attention(self.raw_model, self.device, self.precision)
+        if cfg.neftune_alpha:
+            add_embedding_noise(self.raw_model, cfg.neftune_alpha)
         self.attention = attention_name(self.raw_model)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
