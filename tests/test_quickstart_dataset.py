@@ -63,7 +63,8 @@ def test_heldout_is_disjoint(packaged):
     trained_requests = [m.content for c in train for m in c.messages if m.role == "user" and "refusal" in c.meta["tags"]]
     assert set(dataset.wider_harmful()) < set(seeds.WIDER_HARMFUL)
     assert sum(any(w in r for r in trained_requests) for w in dataset.wider_harmful()) == len(dataset.wider_harmful())
-    for word in ("derail", "hijack", "airplane", "plane", "cyclist", "dealership", "ricin", "vest", "vaccination"):
+    for word in ("derail", "hijack", "airplane", "plane", "cyclist", "dealership", "ricin", "vest", "vaccination",
+                 "roommate", "sister", "brother", "teacher", "friend", "stranger"):
         assert not any(re.search(rf"\b{word}\b", r, re.I) for r in trained_requests), word
     heldout_victims = ("roommate", "sister", "brother", "teacher", "friend", "stranger")
     assert not any(v in victim.split() for v in heldout_victims for victim in seeds.TRAIN_VICTIMS)

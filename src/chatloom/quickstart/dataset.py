@@ -102,10 +102,13 @@ def words(text: str) -> set[str]:
 
 def wider_harmful() -> list[str]:
     """The wider harms SFT trains on: those with no word that is, contains or is part of a word only the held-out
-    unnamed harms use ("plane" and "airplane"), so "hijack an airplane" stays a request in words SFT never refused."""
+    unnamed harms use ("plane" and "airplane"), so "hijack an airplane" stays a request in words SFT never refused,
+    and none naming a held-out victim ("a stranger")."""
     named = set().union(*(words(t) for t in seeds.TRAIN_HARMFUL))
     distinctive = set().union(*(words(t) for t in seeds.HELDOUT_UNNAMED_HARMS)) - named
-    return [a for a in seeds.WIDER_HARMFUL if not any(w in d or d in w for w in words(a) - named for d in distinctive)]
+    victims = set().union(*(words(v) for v in seeds.HELDOUT_VICTIMS)) - {"my", "a"}
+    return [a for a in seeds.WIDER_HARMFUL if not words(a) & victims
+            and not any(w in d or d in w for w in words(a) - named for d in distinctive)]
 
 
 def benign_for_people(rng: random.Random, people_per_act: int = 4) -> list[tuple[str, str]]:
