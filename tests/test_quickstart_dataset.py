@@ -66,6 +66,12 @@ def test_heldout_is_disjoint(packaged):
     for word in ("derail", "hijack", "airplane", "plane", "cyclist", "dealership", "ricin", "vest", "vaccination",
                  "roommate", "sister", "brother", "teacher", "friend", "stranger"):
         assert not any(re.search(rf"\b{word}\b", r, re.I) for r in trained_requests), word
+    # and the held-out look-alikes' own words are in no training look-alike, though the wider look-alikes are
+    trained_benign = [m.content for c in train for m in c.messages if m.role == "user" and c.meta["tags"] == ["benign"]]
+    assert 0 < len(dataset.wider_lookalikes()) < len(seeds.WIDER_LOOKALIKES)
+    assert all(any(t in r for r in trained_benign) for t, _ in dataset.wider_lookalikes())
+    for word in ("lawnmower", "kiln", "spotlight", "coconut", "pizza", "spider", "toddler", "stain", "clouds"):
+        assert not any(re.search(rf"\b{word}\b", r, re.I) for r in trained_benign), word
     heldout_victims = ("roommate", "sister", "brother", "teacher", "friend", "stranger")
     assert not any(v in victim.split() for v in heldout_victims for victim in seeds.TRAIN_VICTIMS)
     assert not {t for t, _ in seeds.TRAIN_BENIGN} & {t for t, _ in seeds.HELDOUT_BENIGN}

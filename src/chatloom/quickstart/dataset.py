@@ -100,15 +100,32 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
 
 
-def wider_harmful() -> list[str]:
-    """The wider harms SFT trains on: those with no word that is, contains or is part of a word only the held-out
-    unnamed harms use ("plane" and "airplane"), so "hijack an airplane" stays a request in words SFT never refused,
-    and none naming a held-out victim ("a stranger")."""
-    named = set().union(*(words(t) for t in seeds.TRAIN_HARMFUL))
-    distinctive = set().union(*(words(t) for t in seeds.HELDOUT_UNNAMED_HARMS)) - named
+def near(word: str, others: set[str]) -> bool:
+    """`word` is one of `others`, or (both 4+ letters) part of one or contains one: "plane" and "airplane"."""
+    return word in others or len(word) >= 4 and any(len(o) >= 4 and (word in o or o in word) for o in others)
+
+
+def held_out_apart(targets: list[str], named: set[str], held_out: list[str]) -> list[str]:
+    """The `targets` with no word near one that only the `held_out` targets use (words in `named` are shared anyway),
+    and none naming a held-out victim."""
+    distinctive = set().union(*(words(t) for t in held_out)) - named
     victims = set().union(*(words(v) for v in seeds.HELDOUT_VICTIMS)) - {"my", "a"}
-    return [a for a in seeds.WIDER_HARMFUL if not words(a) & victims
-            and not any(w in d or d in w for w in words(a) - named for d in distinctive)]
+    return [t for t in targets if not words(t) & victims and not any(near(w, distinctive) for w in words(t) - named)]
+
+
+def wider_harmful() -> list[str]:
+    """The wider harms SFT trains on: none uses a word near one only the held-out unnamed harms use ("plane" and
+    "airplane"), so "hijack an airplane" stays a request in words SFT never refused; none names a held-out victim."""
+    named = set().union(*(words(t) for t in seeds.TRAIN_HARMFUL))
+    return held_out_apart(seeds.WIDER_HARMFUL, named, seeds.HELDOUT_UNNAMED_HARMS)
+
+
+def wider_lookalikes() -> list[tuple[str, str]]:
+    """The wider look-alikes SFT trains on, apart from the held-out look-alikes as `wider_harmful` is from the harms
+    ("lawnmower", "kiln"; "bathroom" keeps "room" out)."""
+    named = set().union(*(words(t) for t, _ in seeds.TRAIN_BENIGN + seeds.BENIGN_ACTS))
+    keep = set(held_out_apart([t for t, _ in seeds.WIDER_LOOKALIKES], named, [t for t, _ in seeds.HELDOUT_BENIGN]))
+    return [(t, a) for t, a in seeds.WIDER_LOOKALIKES if t in keep]
 
 
 def benign_for_people(rng: random.Random, people_per_act: int = 4) -> list[tuple[str, str]]:
@@ -182,6 +199,9 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     for target, answer in ([] if heldout else benign_for_people(rng)):
         for frame in rng.sample(benign_frames, 3):
             b.add([(frame.format(x=target), comply(answer))], ["benign"], {"kind": "benign"})
+    for target, answer in [] if heldout else wider_lookalikes():
+        for frame in wider.sample(benign_frames, 4):
+            b.add([(frame.format(x=target), wider.choice(seeds.COMPLY_OPENINGS) + answer)], ["benign"], {"kind": "benign"})
 
     # short helpful answers
     for phrasings, answer in pick(seeds.TRAIN_FACTS, seeds.HELDOUT_FACTS):
