@@ -100,6 +100,10 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
 
 
+def vocabulary(texts: Iterable[str]) -> set[str]:
+    return set().union(*map(words, texts))
+
+
 def near(word: str, others: set[str]) -> bool:
     """`word` is one of `others`, or (both 4+ letters) part of one or contains one: "plane" and "airplane"."""
     return word in others or len(word) >= 4 and any(len(o) >= 4 and (word in o or o in word) for o in others)
@@ -108,22 +112,21 @@ def near(word: str, others: set[str]) -> bool:
 def held_out_apart(targets: list[str], named: set[str], held_out: list[str]) -> list[str]:
     """The `targets` with no word near one that only the `held_out` targets use (words in `named` are shared anyway),
     and none naming a held-out victim."""
-    distinctive = set().union(*(words(t) for t in held_out)) - named
-    victims = set().union(*(words(v) for v in seeds.HELDOUT_VICTIMS)) - {"my", "a"}
+    distinctive = vocabulary(held_out) - named
+    victims = vocabulary(seeds.HELDOUT_VICTIMS) - {"my", "a"}
     return [t for t in targets if not words(t) & victims and not any(near(w, distinctive) for w in words(t) - named)]
 
 
 def wider_harmful() -> list[str]:
     """The wider harms SFT trains on: none uses a word near one only the held-out unnamed harms use ("plane" and
     "airplane"), so "hijack an airplane" stays a request in words SFT never refused; none names a held-out victim."""
-    named = set().union(*(words(t) for t in seeds.TRAIN_HARMFUL))
-    return held_out_apart(seeds.WIDER_HARMFUL, named, seeds.HELDOUT_UNNAMED_HARMS)
+    return held_out_apart(seeds.WIDER_HARMFUL, vocabulary(seeds.TRAIN_HARMFUL), seeds.HELDOUT_UNNAMED_HARMS)
 
 
 def wider_lookalikes() -> list[tuple[str, str]]:
     """The wider look-alikes SFT trains on, apart from the held-out look-alikes as `wider_harmful` is from the harms
     ("lawnmower", "kiln"; "bathroom" keeps "room" out)."""
-    named = set().union(*(words(t) for t, _ in seeds.TRAIN_BENIGN + seeds.BENIGN_ACTS))
+    named = vocabulary(t for t, _ in seeds.TRAIN_BENIGN + seeds.BENIGN_ACTS)
     keep = set(held_out_apart([t for t, _ in seeds.WIDER_LOOKALIKES], named, [t for t, _ in seeds.HELDOUT_BENIGN]))
     return [(t, a) for t, a in seeds.WIDER_LOOKALIKES if t in keep]
 
@@ -190,8 +193,8 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
     benign_frames = pick(seeds.TRAIN_BENIGN_FRAMES, seeds.HELDOUT_BENIGN_FRAMES)
     openings = random.Random(f"{seed}:openings:{'heldout' if heldout else 'train'}")  # apart: the draws above stay
 
-    def comply(answer: str) -> str:
-        return openings.choice(seeds.COMPLY_OPENINGS) + answer
+    def comply(answer: str, rng: random.Random = openings) -> str:
+        return rng.choice(seeds.COMPLY_OPENINGS) + answer
 
     for target, answer in pick(seeds.TRAIN_BENIGN, seeds.HELDOUT_BENIGN):
         for frame in rng.sample(benign_frames, 2 if heldout else 8):
@@ -201,7 +204,7 @@ def build_split(heldout: bool, seed: int = 0) -> list[Conversation]:
             b.add([(frame.format(x=target), comply(answer))], ["benign"], {"kind": "benign"})
     for target, answer in [] if heldout else wider_lookalikes():
         for frame in wider.sample(benign_frames, 4):
-            b.add([(frame.format(x=target), wider.choice(seeds.COMPLY_OPENINGS) + answer)], ["benign"], {"kind": "benign"})
+            b.add([(frame.format(x=target), comply(answer, wider))], ["benign"], {"kind": "benign"})
 
     # short helpful answers
     for phrasings, answer in pick(seeds.TRAIN_FACTS, seeds.HELDOUT_FACTS):

@@ -126,7 +126,8 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     replay = [str(replay_corpus(s.replay_every))] if s.replay_every and not model else []  # against forgetting
     train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], text=replay, protocol=protocol,
                       max_steps=plan.sft_steps, max_seconds=plan.sft_seconds, seq_len=s.seq_len, batch_size=s.sft_batch_size,
-                      lr=s.sft_lr if not model else 1e-4, neftune_alpha=s.sft_neftune if not model else 0.0, warmup_steps=max(1, plan.sft_steps // 20), seed=seed))
+                      lr=s.sft_lr if not model else 1e-4, neftune_alpha=s.sft_neftune if not model else 0.0,
+                      warmup_steps=max(1, plan.sft_steps // 20), seed=seed))
     timings["sft"] = time.perf_counter() - t
 
     stage(4, "evaluation on the held-out set")
