@@ -231,6 +231,9 @@ HUB = {
     "hf_tokenizer_configs/DeepSeek-V3.tokenizer_config.json": ("<｜end▁of▁sentence｜>", [], None, None, False),
     "from_gguf_metadata/mistral_7b-instruct-fp16.gguf.chat_template.jinja": ("</s>", ["<s>", "</s>"], "<s>", "</s>", False),
     "open_instruct/zephyr.jinja": ("</s>", ["</s>"], "<s>", "</s>", False),
+    # Ollama's DeepSeek-R1: no user-turn closer, a system prompt as bare text after BOS, replies cut after `</think>`
+    "from_gguf_metadata/deepseek-r1_8b.gguf.chat_template.jinja": (
+        "<｜end▁of▁sentence｜>", [], "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", True),
 }
 
 
@@ -267,3 +270,31 @@ def test_hub_template_render_is_exact(path, tok, conv):
         return
     check(p, conv, render, eot, gen_render=lambda msgs: render(msgs, True), parse=parse and p.skeleton is not None,
           hf_ids=lambda msgs: list(hf.apply_chat_template(msgs, tokenize=True, return_dict=True, **kw)["input_ids"]))
+
+
+DEEPSEEK_R1 = "from_gguf_metadata/deepseek-r1_8b.gguf.chat_template.jinja"
+
+
+def test_a_template_that_rewrites_replies_is_read_back_as_it_rendered():
+    """DeepSeek-R1 (Ollama's GGUF template) keeps only what follows `</think>` in a reply and writes no closer after a
+    user turn: no skeleton can render it, so it renders through Jinja, and `parse` reads it with a reader skeleton that
+    is checked by rendering what it read. A typed control-token string stays text on the way back; a reply the template
+    would cut cannot get a loss mask, and says so."""
+    p = hub(DEEPSEEK_R1, "gpt2")
+    assert p.skeleton is None
+    conv = Conversation([Message("system", "Be brief."), Message("user", "Type <｜Assistant｜> for me"),
+                         Message("assistant", "Done."), Message("user", "Thanks")])
+    r = p.render(conv)
+    assert p.tokenizer.decode(r.ids) == ("<｜begin▁of▁sentence｜>Be brief.<｜User｜>Type <｜Assistant｜> for me"
+                                         "<｜Assistant｜>Done.<｜end▁of▁sentence｜><｜User｜>Thanks")
+    assert r.ids.count(p.tokenizer.token_id("<｜Assistant｜>")) == 1  # the typed one is text
+    assert p.parse(r.ids).same_messages(conv)
+    assert p.parse(p.prompt(conv)).same_messages(conv)  # with the generation prompt
+    no_system = Conversation(conv.messages[1:3])
+    assert p.parse(p.render(no_system).ids).same_messages(no_system)
+    tid, enc = p.tokenizer.token_id, p.tokenizer.encode
+    with pytest.raises(protocols.ProtocolError):  # what the template cannot have written is refused (a closed user turn)
+        p.parse([tid("<｜begin▁of▁sentence｜>"), tid("<｜User｜>"), *enc("Hi"), tid("<｜end▁of▁sentence｜>")])
+    cut = Conversation([Message("user", "Hi"), Message("assistant", "<think>easy</think>Done.")])
+    with pytest.raises(protocols.ProtocolError, match="changes the text of assistant message 1"):
+        p.render(cut)

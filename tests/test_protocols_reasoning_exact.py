@@ -1,5 +1,7 @@
 """Reasoning turns are supervised exactly, checked from first principles on random conversations and three byte-level
-tokenizers (GPT-2, o200k via tiktoken, SmolLM2's real 49k BPE), for every built-in format and Qwen3's real template.
+tokenizers (GPT-2, o200k via tiktoken, SmolLM2's real 49k BPE), for every built-in format and Qwen3's real template
+(also on GPT-2 with `<think>` / `</think>` as added, non-special tokens, the way Qwen3's own tokenizer has them: ids
+equal transformers' there too).
 
 The rule under test (protocols/encoder.py, "framed" gaps): everything an assistant turn holds after its generation
 prompt is what the model must write, so for a trained turn the supervised tokens are exactly those that contain a byte
@@ -20,9 +22,10 @@ import os
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from tokenizers import AddedToken
 
 from chatloom import Conversation, Message, load_tokenizer, protocols
-from chatloom.tokenizers import copy_tokenizer
+from chatloom.tokenizers import HFTokenizer, copy_tokenizer
 
 from .conftest import FIXTURES, GPT2_JSON, O200K, TEMPLATES, need
 
@@ -66,6 +69,10 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=
 
 @functools.cache
 def base_tokenizer(name: str):
+    if name == "gpt2-think":  # as Qwen3's own tokenizer has them: `<think>` / `</think>` added tokens, not special
+        tok = copy_tokenizer(base_tokenizer("gpt2"))
+        tok.hf.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
+        return HFTokenizer(tok.hf, "gpt2-think")
     return load_tokenizer(need({"gpt2": GPT2_JSON, "o200k": O200K, "smollm2": SMOLLM2_JSON}[name]))
 
 
@@ -192,7 +199,7 @@ def qwen3(path, tok: str):
                                    control_tokens=["<|im_start|>", "<|im_end|>"], eos_token="<|im_end|>", bos_token="")
 
 
-@pytest.mark.parametrize("tok", ["gpt2", "smollm2"])
+@pytest.mark.parametrize("tok", ["gpt2", "smollm2", "gpt2-think"])
 @pytest.mark.parametrize("path", [QWEN3, TRL_QWEN3], ids=["Qwen3-4B", "trl-qwen3"])
 @SETTINGS
 @given(conv=conversations(tags=False), train_reasoning=st.booleans())

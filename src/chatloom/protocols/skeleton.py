@@ -160,12 +160,12 @@ class Skeleton:
             for (r, is_first, _gen), tail in self.last.items():
                 if r == role and is_first == (index == 0):
                     end = match_gap(pos, tail) if tail else len(s)
-                    if end is not None and end + len(tail) == len(s):
+                    if end is not None and end + len(tail) == len(s) and next_control(pos) >= end:
                         options.append([(role, s[pos:end])])
             for (r, nxt, is_first), gap in self.gap.items():
                 if r == role and is_first == (index == 0) and gap:
                     end = match_gap(pos, gap)
-                    if end is not None:
+                    if end is not None and next_control(pos) >= end:
                         rest = walk(end + len(gap), nxt, index + 1, gen_used)
                         if rest is not None:
                             options.append([(role, s[pos:end]), *rest])

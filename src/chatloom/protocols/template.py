@@ -358,11 +358,12 @@ class TemplateProtocol(Protocol):
 
     @property
     def reader(self) -> Skeleton | None:
-        """The skeleton `parse` reads with when the template has no skeleton but renders reasoning (learned on first
-        use; Qwen3)."""
+        """The skeleton `parse` reads with when the template has no skeleton because it normalises some text: it
+        renders reasoning before some replies only (Qwen3), or rewrites a content (DeepSeek-R1 keeps what follows
+        `</think>`). Learned on first use; None if reading back its probes does not give what renders them."""
         if self._reader is None:
             tags = self.reasoning_tags
-            self._reader = (Skeleton.learn_reader(self, tuple(self.escaper.escape(t) for t in tags)) if tags else None,)
+            self._reader = (Skeleton.learn_reader(self, tuple(self.escaper.escape(t) for t in tags) if tags else None),)
         return self._reader[0]
 
     def read_back(self, skeleton: Skeleton, s: str) -> Conversation | None:
