@@ -1,13 +1,16 @@
 """The labeling app keeps an assistant message's `reasoning_content` (issue #15: counted, never dropped): `label import`
 stores it, `label export` writes it back exactly and only where there was one (rows without it stay as they were),
-`synth --to-label` hands it over, the message page shows it read-only and escaped, and migration 0004 adds the column to
-a database that already holds data (and its downgrade removes it, keeping the rows). SQLite, and PostgreSQL when
+`synth --to-label` hands it over, the message page shows it read-only and escaped, the edit page edits it beside the
+reply (also in a real Chromium, where a leading newline must survive the textarea), and migration 0004 adds the column
+to a database that already holds data (and its downgrade removes it, keeping the rows). SQLite, and PostgreSQL when
 CHATLOOM_TEST_PG is set."""
 
 from __future__ import annotations
 
 import itertools
 import json
+
+import pytest
 
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
@@ -19,7 +22,8 @@ from chatloom.label.app import create_app
 from chatloom.label.db import Database, current_revision, downgrade, head_revision, migrate
 from chatloom.label.models import Message
 
-from .label_live import PW, database_at, login, user
+from .conftest import CHROMIUM, require_chromium
+from .label_live import PW, LiveServer, csrf_of, database_at, login, user
 
 pytest_plugins = ["tests.label_live"]  # the database fixtures: db_url, db, people, cheap hashing
 
@@ -131,6 +135,99 @@ def test_message_page_shows_reasoning_read_only_escaped_above_the_reply(db, peop
     assert "<textarea" not in page[block:page.index("answer 0 to page")]  # shown, not editable
     plain = c.get(f"/messages/{ids['answer 0 to page-plain']}").text
     assert 'class="reasoning"' not in plain and "answer 0 to page-plain" in plain
+
+
+def import_pages(db, tmp_path, reasonings: list[str | None]) -> dict[str, int]:
+    """A project of one conversation whose replies have `reasonings`; assistant message ids by their text."""
+    path = tmp_path / "edit.jsonl"
+    path.write_text(json.dumps(conversation("edit", reasonings)) + "\n", encoding="utf-8")
+    with db.session() as s:
+        transfer.import_file(s, service.create_project(s, "edits", creator=user(s, "ada")), path)
+        return {m.text: m.id for m in s.scalars(select(Message).where(Message.role == "assistant"))}
+
+
+def exported_replies(db) -> list[dict]:
+    with db.session() as s:
+        [conv] = transfer.export_project(s, service.project_by_name(s, "edits"), "all")
+    return [m for m in conv.to_dict()["messages"] if m["role"] == "assistant"]
+
+
+def test_edit_page_edits_the_reasoning_beside_the_reply(db, people, tmp_path):
+    ids = import_pages(db, tmp_path, [TRICKY[3], None, ""])
+    c = login(TestClient(create_app(db), follow_redirects=False), "ada", PW)
+    first, plain, empty = ids["answer 0 to edit"], ids["answer 1 to edit"], ids["answer 2 to edit"]
+
+    def edit(mid, **fields):
+        form = c.get(f"/messages/{mid}/edit").text
+        version = form.split('name="version" value="')[1].split('"')[0]
+        field, token = csrf_of(form)
+        return c.post(f"/messages/{mid}/edit", data={"version": version, field: token, **fields})
+
+    form = c.get(f"/messages/{first}/edit").text
+    assert '<textarea id="reasoning" name="reasoning"' in form and "&lt;script&gt;alert(1)" in form
+    assert "<script>alert(1)" not in form
+    assert 'name="reasoning"' not in c.get(f"/messages/{plain}/edit").text  # no reasoning: nothing to edit
+    assert '<textarea id="reasoning"' in c.get(f"/messages/{empty}/edit").text  # an empty one is still one
+
+    assert edit(first, text="new answer", reasoning="new\r\nthoughts").status_code == 303
+    assert edit(empty, text="answer 2 to edit").status_code == 303  # no reasoning field sent: it stays as it was
+    r = edit(plain, text="answer 1 to edit", reasoning="sneaked in")
+    assert r.status_code == 400 and "has no reasoning to edit" in r.text
+    assert edit(first, text="again", reasoning="").status_code == 303  # emptied, not removed
+    assert exported_replies(db) == [{"role": "assistant", "content": "again", "reasoning_content": ""},
+                                    {"role": "assistant", "content": "answer 1 to edit"},
+                                    {"role": "assistant", "content": "answer 2 to edit", "reasoning_content": ""}]
+    assert edit(first, text="x", reasoning="y" * (service.MAX_TEXT + 1)).status_code == 400
+
+
+def test_edit_conflict_shows_both_texts_and_keeps_the_editors_reasoning(db, people, tmp_path):
+    ids = import_pages(db, tmp_path, ["theirs thinks"])
+    mid = ids["answer 0 to edit"]
+    c = login(TestClient(create_app(db), follow_redirects=False), "ada", PW)
+    form = c.get(f"/messages/{mid}/edit").text
+    field, token = csrf_of(form)
+    with db.session() as s:  # someone else saves first
+        service.edit_message(s, mid, user(s, "ada"), "their reply", 1, reasoning="their reasoning")
+    r = c.post(f"/messages/{mid}/edit", data={"version": "1", field: token, "text": "my reply",
+                                              "reasoning": "my reasoning"})
+    assert r.status_code == 409
+    assert "my reasoning</textarea>" in r.text and '<pre class="theirs-reasoning">their reasoning</pre>' in r.text
+    assert exported_replies(db) == [{"role": "assistant", "content": "their reply", "reasoning_content": "their reasoning"}]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_reasoning_edited_in_a_real_browser_keeps_its_leading_newline(db, people, tmp_path):
+    """HTML drops a newline right after `<textarea>`: a reasoning (or reply) that starts with one, saved unchanged from
+    Chromium, must come back the same; then an edit typed into the page is what the export holds."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    ids = import_pages(db, tmp_path, ["\nfirst I check the units.  "])
+    mid = ids["answer 0 to edit"]
+    with db.session() as s:
+        service.edit_message(s, mid, user(s, "ada"), "\n  indented reply", 1)
+    with LiveServer(create_app(db)) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(base + "/login")
+        page.fill("input[name=username]", "ada")
+        page.fill("input[name=password]", PW)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/tasks")
+        page.goto(f"{base}/messages/{mid}/edit")
+        assert page.input_value("#reasoning") == "\nfirst I check the units.  "
+        page.click("form[action$='/edit'] button[type=submit]")  # saved unchanged
+        page.wait_for_url(f"{base}/messages/{mid}")
+        assert exported_replies(db) == [{"role": "assistant", "content": "\n  indented reply",
+                                         "reasoning_content": "\nfirst I check the units.  "}]
+        page.goto(f"{base}/messages/{mid}/edit")
+        page.fill("#reasoning", "the units are metres\nso 3 m")
+        page.click("form[action$='/edit'] button[type=submit]")
+        page.wait_for_url(f"{base}/messages/{mid}")
+        assert exported_replies(db)[0]["reasoning_content"] == "the units are metres\nso 3 m"
+        browser.close()
 
 
 def test_migration_0004_adds_reasoning_to_a_database_with_data_and_downgrades(db_url):

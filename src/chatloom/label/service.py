@@ -531,22 +531,32 @@ def store_draft(db: DbSession, task_id: int, user: User, model: str, text: str) 
 # -------------------------------------------------------------------------------------------------------------- edits
 
 
-def edit_message(db: DbSession, message_id: int, user: User, text: str, base_version: int) -> Message:
-    """The author (or an admin) changes a message; if it changed since `base_version`, Conflict and nothing is written."""
+def edit_message(db: DbSession, message_id: int, user: User, text: str, base_version: int,
+                 reasoning: str | None = None) -> Message:
+    """The author (or an admin) changes a message, and `reasoning` (when given) the reasoning of an assistant message
+    that has one (it may become empty, never absent); if it changed since `base_version`, Conflict and nothing is
+    written."""
     text = _clean_text(text)
     msg = db.get(Message, message_id)
     if msg is None or msg.deleted:
         raise NotFound(f"no message {message_id}")
     if msg.author_id != user.id and user.role != "admin":
         raise Forbidden("only the author or an admin can edit a message")
+    if reasoning is not None:
+        if msg.reasoning_content is None:
+            raise LabelError(f"message {message_id} has no reasoning to edit")
+        reasoning = reasoning.replace("\r\n", "\n")
+        if len(reasoning) > MAX_TEXT:
+            raise LabelError(f"the reasoning is longer than {MAX_TEXT} characters")
     if msg.version != base_version:
         raise Conflict(f"this message was changed meanwhile (now version {msg.version}, you edited version "
                        f"{base_version}); your text is kept below: compare and save again")
+    values = dict(text=text, updated_at=now(), version=base_version + 1,
+                  edit_distance=editdistance.levenshtein(msg.draft_text, text) if msg.draft_text is not None else None)
+    if reasoning is not None:
+        values["reasoning_content"] = reasoning
     result = db.execute(update(Message).where(Message.id == msg.id, Message.version == base_version)
-                        .values(text=text, updated_at=now(), version=base_version + 1,
-                                edit_distance=(editdistance.levenshtein(msg.draft_text, text)
-                                               if msg.draft_text is not None else None))
-                        .execution_options(synchronize_session=False))
+                        .values(**values).execution_options(synchronize_session=False))
     if result.rowcount != 1:
         raise Conflict("this message was changed meanwhile; reload and try again")
     db.expire(msg)

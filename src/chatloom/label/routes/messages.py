@@ -35,21 +35,24 @@ def review_message(request: Request, message_id: Id, who: AnyUser):
 def edit_form(request: Request, message_id: Id, who: AnyUser):
     with state(request).db.session(readonly=True) as s:
         msg = service.editable_message(s, message_id, who)
-        return page(request, "edit.html", message=msg, text=msg.text, version=msg.version)
+        return page(request, "edit.html", message=msg, text=msg.text, reasoning=msg.reasoning_content,
+                    version=msg.version)
 
 
 @router.post("/messages/{message_id}/edit")
 def edit_submit(request: Request, message_id: Id, who: AnyUser, form: Form):
     text = form_text(form, "text")
+    reasoning = form_text(form, "reasoning") if "reasoning" in form else None  # absent: the reasoning stays as it is
     base = form_int(form, "version", what="the form's version number (reload the page)")
     with state(request).db.session() as s:
         try:
-            service.edit_message(s, message_id, who, text, base)
+            service.edit_message(s, message_id, who, text, base, reasoning=reasoning)
         except service.Conflict as e:
             s.rollback()
             msg = service.editable_message(s, message_id, who)
             return page(request, "edit.html", status=409, message=msg, text=text, version=msg.version,
-                        conflict=str(e), theirs=msg.text)
+                        reasoning=reasoning if reasoning is not None else msg.reasoning_content,
+                        conflict=str(e), theirs=msg.text, theirs_reasoning=msg.reasoning_content)
     return redirect(f"/messages/{message_id}")
 
 
