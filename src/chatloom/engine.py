@@ -207,9 +207,10 @@ class Engine:
             dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}.get(dtype) or getattr(torch, dtype)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype or "auto")
         if model.get_input_embeddings().weight.shape[0] < len(protocol.tokenizer):
-            from .train.models import fit_vocab  # the one place vocabularies grow (new rows = mean of the old ones)
+            from .train.models import end_of_turn_like, fit_vocab  # the one place vocabularies grow
 
-            fit_vocab(model, len(protocol.tokenizer))
+            fit_vocab(model, len(protocol.tokenizer),
+                      end_of_turn_like(protocol, model.get_input_embeddings().weight.shape[0]))
         lean = None
         if quantize:
             from .engine_llama import QUANTIZE, LlamaDecoder

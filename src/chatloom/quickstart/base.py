@@ -103,9 +103,9 @@ def bring_base(source: str, out_dir: Path, protocol: str = "chatml") -> Path:
     """A user's model (HF directory or .gguf) as a plain model directory with `protocol`'s control tokens."""
     from .. import protocols
     from ..train.export import export_model
-    from ..train.models import fit_vocab, load_model
+    from ..train.models import end_of_turn_like, fit_vocab, load_model
 
     model, tok = load_model(source)
     proto = protocols.get(protocol, tok)
-    fit_vocab(model, len(tok))
+    fit_vocab(model, len(tok), end_of_turn_like(proto, model.get_input_embeddings().weight.shape[0]))
     return export_model(model, proto, out_dir, extra={"base_model": str(source)})

@@ -46,7 +46,7 @@ from .data import (
 )
 from .export import export_model
 from .fused_loss import linear_cross_entropy
-from .models import fit_vocab, load_model, model_protocol
+from .models import CONFIGS, end_of_turn_like, fit_vocab, load_model, model_protocol
 from .report import Metrics, file_digest, plot_loss, write_run_card
 
 
@@ -202,7 +202,9 @@ class Run:
         self.protocol = protocols.get(cfg.protocol, tok)
         self.protocol.train_reasoning = cfg.train_reasoning
         check_protocol(cfg, self.protocol)
-        self.added_rows = fit_vocab(self.model, len(tok))
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        trained = str(cfg.model) not in CONFIGS  # a named config has random weights: nothing to copy from
+        self.added_rows = fit_vocab(self.model, len(tok), end_of_turn_like(self.protocol, rows) if trained else None)
         self.stats, self.val_stats = DataStats(), DataStats()
         self.shard, self.val_shard = self._load_data()
 
