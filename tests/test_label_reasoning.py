@@ -11,7 +11,6 @@ import itertools
 import json
 
 import pytest
-
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
