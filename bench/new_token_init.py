@@ -24,7 +24,7 @@ from chatloom.quickstart.dataset import HELDOUT_PATH, TRAIN_PATH
 from chatloom.train import TrainConfig, loop
 
 
-def reply_ends(model, proto, convs) -> list[float]:
+def reply_ends(model, proto, convs) -> list[tuple[float, bool]]:
     """P(end-of-turn) at each supervised end-of-turn position of `convs` (teacher forcing) and whether it is the argmax."""
     eot, out = proto.end_of_turn_id, []
     with torch.no_grad():
@@ -50,7 +50,7 @@ def main(argv=None):
     copy_rows = loop.end_of_turn_like
     result = {"model": Path(a.gguf).name, "steps": a.steps}
     for start in ("mean", "copy"):
-        loop.end_of_turn_like = copy_rows if start == "copy" else (lambda protocol, rows: {})
+        loop.end_of_turn_like = copy_rows if start == "copy" else (lambda protocol, model: {})
         t = time.time()
         run = loop.Run(TrainConfig(out=f"{a.work}/{start}", mode="sft", model=a.gguf, data=[str(TRAIN_PATH)],
                                    protocol="chatml", max_steps=a.steps, seq_len=256, batch_size=8, lr=1e-4, seed=0,

@@ -209,8 +209,7 @@ class Engine:
         if model.get_input_embeddings().weight.shape[0] < len(protocol.tokenizer):
             from .train.models import end_of_turn_like, fit_vocab  # the one place vocabularies grow
 
-            fit_vocab(model, len(protocol.tokenizer),
-                      end_of_turn_like(protocol, model.get_input_embeddings().weight.shape[0]))
+            fit_vocab(model, len(protocol.tokenizer), end_of_turn_like(protocol, model))
         lean = None
         if quantize:
             from .engine_llama import QUANTIZE, LlamaDecoder

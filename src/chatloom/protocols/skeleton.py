@@ -156,16 +156,16 @@ class Skeleton:
             return None
 
         def walk(pos, role, index, gen_used) -> list | None:
-            options = []
+            options, limit = [], next_control(pos)  # a content never spans a control token
             for (r, is_first, _gen), tail in self.last.items():
                 if r == role and is_first == (index == 0):
                     end = match_gap(pos, tail) if tail else len(s)
-                    if end is not None and end + len(tail) == len(s) and next_control(pos) >= end:
+                    if end is not None and end + len(tail) == len(s) and end <= limit:
                         options.append([(role, s[pos:end])])
             for (r, nxt, is_first), gap in self.gap.items():
                 if r == role and is_first == (index == 0) and gap:
                     end = match_gap(pos, gap)
-                    if end is not None and next_control(pos) >= end:
+                    if end is not None and end <= limit:
                         rest = walk(end + len(gap), nxt, index + 1, gen_used)
                         if rest is not None:
                             options.append([(role, s[pos:end]), *rest])

@@ -107,5 +107,5 @@ def bring_base(source: str, out_dir: Path, protocol: str = "chatml") -> Path:
 
     model, tok = load_model(source)
     proto = protocols.get(protocol, tok)
-    fit_vocab(model, len(tok), end_of_turn_like(proto, model.get_input_embeddings().weight.shape[0]))
+    fit_vocab(model, len(tok), end_of_turn_like(proto, model))
     return export_model(model, proto, out_dir, extra={"base_model": str(source)})

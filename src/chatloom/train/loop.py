@@ -202,9 +202,8 @@ class Run:
         self.protocol = protocols.get(cfg.protocol, tok)
         self.protocol.train_reasoning = cfg.train_reasoning
         check_protocol(cfg, self.protocol)
-        rows = self.model.get_input_embeddings().weight.shape[0]
         trained = str(cfg.model) not in CONFIGS  # a named config has random weights: nothing to copy from
-        self.added_rows = fit_vocab(self.model, len(tok), end_of_turn_like(self.protocol, rows) if trained else None)
+        self.added_rows = fit_vocab(self.model, len(tok), end_of_turn_like(self.protocol, self.model) if trained else None)
         self.stats, self.val_stats = DataStats(), DataStats()
         self.shard, self.val_shard = self._load_data()
 

@@ -150,9 +150,10 @@ def fit_vocab(model, vocab_size: int, like: dict[int, int] | None = None) -> int
     return vocab_size - old
 
 
-def end_of_turn_like(protocol, rows: int) -> dict[int, int]:
-    """`fit_vocab`'s `like` for a trained model of `rows` embedding rows: {end-of-turn id: end-of-text id} when the
-    protocol's end-of-turn token is new to the model and its tokenizer's end-of-text token is not; else {}."""
+def end_of_turn_like(protocol, model) -> dict[int, int]:
+    """`fit_vocab`'s `like` for a trained `model`: {end-of-turn id: end-of-text id} when the protocol's end-of-turn
+    token is new to the model and its tokenizer's end-of-text token is not; else {}."""
+    rows = model.get_input_embeddings().weight.shape[0]
     eot, eos = protocol.end_of_turn_id, protocol.tokenizer.eos_token_id
     return {eot: eos} if eos is not None and eos < rows <= eot else {}
 
