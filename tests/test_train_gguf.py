@@ -71,6 +71,7 @@ def test_cli_sft_on_a_gguf_base_exports_a_plain_model(gguf_model, tmp_path):
     assert meta["protocol"] == "chatml" and meta["base_model"] == str(path) and meta["steps"] == 2
     card = json.loads((out / "run_card.json").read_text())
     assert card["resolved"]["added_embedding_rows"] == 2
+    assert card["resolved"]["embedding_rows_copied"] == {"<|im_end|>": tok.eos_token}  # said where it started
     question = Conversation(Conversation.of("What is 3 + 3?", "6.").messages[:1])
     enc = tok.apply_chat_template([m.to_dict() for m in question.messages], add_generation_prompt=True,
                                   tokenize=True, return_dict=True)

@@ -61,8 +61,10 @@ def test_training_a_trained_model_starts_end_of_turn_as_end_of_text(tmp_path):
     torch.testing.assert_close(logits[:, eot], logits[:, eos])
     start = run.protocol.tokenizer.token_id("<|im_start|>")
     assert not torch.allclose(logits[:, start], logits[:, eos])  # the others: the mean row
+    assert run.resolved()["resolved"]["embedding_rows_copied"] == {"<|im_end|>": "<|endoftext|>"}  # the run card says so
 
     scratch = Run(TrainConfig(out=str(tmp_path / "out2"), mode="sft", model="tiny", data=[str(data)], protocol="chatml",
                               max_steps=1, seq_len=64, batch_size=1, precision="fp32"))
     head = scratch.model.get_output_embeddings().weight.detach()
     torch.testing.assert_close(head[eot], head[start])  # both at the mean: nothing trained to copy from
+    assert scratch.resolved()["resolved"]["embedding_rows_copied"] == {}

@@ -203,7 +203,11 @@ class Run:
         self.protocol.train_reasoning = cfg.train_reasoning
         check_protocol(cfg, self.protocol)
         trained = str(cfg.model) not in CONFIGS  # a named config has random weights: nothing to copy from
-        self.added_rows = fit_vocab(self.model, len(tok), end_of_turn_like(self.protocol, self.model) if trained else None)
+        like = end_of_turn_like(self.protocol, self.model) if trained else {}
+        self.added_rows = fit_vocab(self.model, len(tok), like)
+        # the run card names the new rows that started as a copy of an old one ({"<|im_end|>": "<|endoftext|>"})
+        self.copied_rows = {tok.token_text(new): tok.token_text(src) for new, src in like.items()} \
+            if self.added_rows else {}
         self.stats, self.val_stats = DataStats(), DataStats()
         self.shard, self.val_shard = self._load_data()
 
@@ -498,7 +502,8 @@ class Run:
             "rows_per_step": self.rows_per_step, "steps_per_epoch": round(len(self.shard) / self.rows_per_step, 2),
             "examples_per_step": round(self.stats.examples / max(1, len(self.shard)) * self.rows_per_step, 1),
             "attention": self.attention,
-            "vocab_size": len(self.protocol.tokenizer), "added_embedding_rows": self.added_rows}}
+            "vocab_size": len(self.protocol.tokenizer), "added_embedding_rows": self.added_rows,
+            "embedding_rows_copied": self.copied_rows}}
 
     def _write_config(self) -> None:
         import yaml
