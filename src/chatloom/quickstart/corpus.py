@@ -44,7 +44,7 @@ def stdlib_documents(min_chars: int = 200) -> Iterator[str]:
                     yield doc.strip()
 
 
-CORPUS_VERSION = "stdlib-arith4-conduct1"  # part of the base model's cache key: change it when the corpus changes
+CORPUS_VERSION = "stdlib-arith4-conduct2"  # part of the base model's cache key: change it when the corpus changes
 OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 SHEET_TITLES = ["Practice sheet", "Arithmetic drill", "Homework", "Warm-up exercises", "Mental math", "Quick facts",
                 "Fact families"]
