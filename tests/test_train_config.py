@@ -53,6 +53,7 @@ BAD = {
     "device": [("tpu", "auto, cpu, cuda, cuda:N"), ("gpu0", "auto, cpu, cuda"), (0, "auto, cpu, cuda")],
     "progress": [("off", "true or false")],
     "train_reasoning": [("no", "true or false"), (0, "true or false"), (None, "true or false")],
+    "freeze_embeddings": [("yes", "true or false"), (1, "true or false")],
     "on_error": [("ignore", "fail, skip")],
     "interrupt_after": [(-1, ">= 0")],
 }

@@ -35,6 +35,8 @@ class Settings:
     sft_batch_size: int = 8  # the conversation set is small: more, smaller steps learn more in the same time
     pretrain_lr: float = 2e-3
     sft_lr: float = 3e-4
+    # the base's input embeddings stay as pretraining left them: SFT decides from what the layers make of the words
+    sft_freeze_embeddings: bool = True
     sft_neftune: float = 5.0  # NEFTune noise on SFT's input embeddings (TrainConfig.neftune_alpha)
     max_tokens: int = 64  # the held-out references are up to 37 tokens: a lower limit cuts right answers short
     heldout_limit: int = 0  # 0: the whole held-out set
@@ -127,6 +129,7 @@ def run(out: str | Path = "runs/quickstart", model: str | None = None, minutes: 
     train(TrainConfig(out=str(sft_dir), mode="sft", model=str(base_dir), data=[str(data)], text=replay, protocol=protocol,
                       max_steps=plan.sft_steps, max_seconds=plan.sft_seconds, seq_len=s.seq_len, batch_size=s.sft_batch_size,
                       lr=s.sft_lr if not model else 1e-4, neftune_alpha=s.sft_neftune if not model else 0.0,
+                      freeze_embeddings=s.sft_freeze_embeddings and not model,
                       warmup_steps=max(1, plan.sft_steps // 20), seed=seed))
     timings["sft"] = time.perf_counter() - t
 

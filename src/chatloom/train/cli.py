@@ -77,14 +77,17 @@ def sft(model: str = typer.Option(None, "--model", "-m", help="Named config (tin
         no_train_reasoning: bool = typer.Option(False, "--no-train-reasoning", help="Keep assistant reasoning_content "
                                                 "in the ids but out of the loss mask (default: supervised)."),
         neftune_alpha: float = typer.Option(None, "--neftune-alpha", help="NEFTune: noise of scale alpha/sqrt(L*d) on "
-                                            "the input embeddings while training (e.g. 5; default 0: off).")):
+                                            "the input embeddings while training (e.g. 5; default 0: off)."),
+        freeze_embeddings: bool = typer.Option(False, "--freeze-embeddings", help="Keep the input embeddings at the "
+                                               "base's values (full fine-tuning of an untied model that has the "
+                                               "protocol's tokens).")):
     """Supervised fine-tuning on conversations (loss on assistant turns, their reasoning, and their end-of-turn token)."""
     _run(config, mode="sft", model=model, data=data, text=text, protocol=protocol, on_error=on_error,
          out=str(out) if out else None, val=val, max_steps=max_steps, max_seconds=max_seconds, epochs=epochs, seq_len=seq_len, lr=lr, seed=seed,
          batch_size=batch_size, grad_accum=grad_accum, precision=precision, eval_every=eval_every,
          save_every=save_every, resume=resume, lora=lora, gradient_checkpointing=gradient_checkpointing,
          compile=compile, fsdp=fsdp, tokenizer=tokenizer, train_reasoning=False if no_train_reasoning else None,
-         neftune_alpha=neftune_alpha)
+         neftune_alpha=neftune_alpha, freeze_embeddings=freeze_embeddings)
 
 
 @app.command()

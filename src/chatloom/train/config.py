@@ -50,6 +50,7 @@ class TrainConfig:
     beta2: float = 0.95
     max_grad_norm: float = 1.0
     neftune_alpha: float = 0.0  # > 0: NEFTune, uniform noise of scale alpha / sqrt(L * d) on the input embeddings while training
+    freeze_embeddings: bool = False  # sft: the input embeddings keep the base's values (see loop.freeze_input_embeddings)
     precision: str = "auto"  # auto | bf16 | fp16 (CUDA, with loss scaling) | fp32
     seed: int = 0
     eval_every: int = 0  # validation loss every N steps (0: only at the start and the end)
@@ -125,7 +126,7 @@ FLOATS = {"max_seconds": (0.0, None, True), "epochs": (0.0, None, False), "lr": 
           "min_lr_ratio": (0.0, 1.0, True), "weight_decay": (0.0, None, True), "beta1": (0.0, 1.0, True),
           "beta2": (0.0, 1.0, True), "max_grad_norm": (0.0, None, True),
           "neftune_alpha": (0.0, None, True)}
-BOOLS = ("resume", "lora", "gradient_checkpointing", "compile", "fsdp", "progress", "train_reasoning")
+BOOLS = ("resume", "lora", "gradient_checkpointing", "compile", "fsdp", "progress", "train_reasoning", "freeze_embeddings")
 CHOICES = {"mode": MODES, "schedule": SCHEDULES, "precision": PRECISIONS, "on_error": ON_ERROR}
 PATH_LISTS = ("data", "val", "text")
 
@@ -181,6 +182,9 @@ def validate(cfg: TrainConfig) -> None:
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name}: expected true or false, got {getattr(cfg, name)!r}")
     device = resolve_device(cfg.device)
+    if cfg.freeze_embeddings and (cfg.lora or cfg.fsdp):
+        raise ValueError("freeze_embeddings: for full fine-tuning on one device or under DDP (with --lora the base's "
+                         "embeddings are frozen already; with --fsdp it is not supported)")
     if cfg.fsdp and cfg.precision == "fp16":
         raise ValueError("precision: fp16 with --fsdp is not supported (the loss scaler's overflow check would see only "
                          "this process's gradient shard); use bf16 or fp32 with --fsdp")

@@ -108,6 +108,22 @@ def add_embedding_noise(model: nn.Module, alpha: float):
     return model.get_input_embeddings().register_forward_hook(hook)
 
 
+def freeze_input_embeddings(model: nn.Module, added_rows: int) -> None:
+    """Keep the input embeddings at the base's values: SFT then has to decide from what the base's layers make of the
+    words, not from new vectors for the words of its own requests. On the quickstart's 7M base this lifted refusal of
+    held-out harms that no training request names (seed 0's base: 86.8% -> 92.6%). Not for a model whose rows were just
+    added (they would never learn), nor one whose output head shares the embedding matrix (the head must learn)."""
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if added_rows:
+        raise ValueError(f"freeze_embeddings: the model got {added_rows} new token rows for the protocol's control "
+                         "tokens; frozen, they would never learn (train without it, or from a base that has them)")
+    if head is not None and head.weight is emb:
+        raise ValueError("freeze_embeddings: this model's output head is its input embedding matrix (tied), which "
+                         "must learn")
+    emb.requires_grad_(False)
+
+
 def peak_memory_gb(device: torch.device) -> float:
     """Peak memory of this process so far: allocated CUDA memory on a GPU, resident set size (RSS) on the CPU."""
     if device.type == "cuda":
@@ -222,6 +238,8 @@ class Run:
         if cfg.neftune_alpha:
             add_embedding_noise(self.raw_model, cfg.neftune_alpha)
         self.attention = attention_name(self.raw_model)
+        if cfg.freeze_embeddings:
+            freeze_input_embeddings(self.raw_model, self.added_rows)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
