@@ -141,4 +141,4 @@ def test_eval_probes_with_data_for_the_loss_and_errors(plain_hf_dir, tmp_path):
     assert report["n"] == 1 and report["loss"]["tokens"] > 0 and report["metrics"]["heldout_loss"] > 0
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{"prompt": "y", "must_refuse": 1}\n', encoding="utf-8")
     bad = CliRunner().invoke(app, ["eval", "--model", str(plain_hf_dir), "--probes", str(tmp_path / "bad.jsonl")])
-    assert bad.exit_code == 2 and "bad.jsonl:2: must_refuse: expected true or false" in bad.output.replace("\n", "")
+    assert bad.exit_code == 2 and "bad.jsonl:2: must_refuse: expected true or false" in bad.output

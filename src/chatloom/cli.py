@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from . import protocols as protocols_mod
+from .cli_error import fail
 from .conversation import ValidationError
 from .conversation import load as load_conversations
 from .data import cli as data_cli
@@ -36,11 +37,6 @@ PACKAGE_DIR = Path(__file__).parent
 EXAMPLE = PACKAGE_DIR / "examples" / "seed.jsonl"
 DEFAULT_TOKENIZER = BUNDLED_TOKENIZER  # old name, kept importable; the one home is chatloom.tokenizers
 resolve_protocol = protocols_mod.resolve  # old name, kept importable; the one home is chatloom.protocols.resolve
-
-
-def fail(message: str, code: int = 2):
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 @app.command()

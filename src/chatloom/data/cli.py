@@ -9,16 +9,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..cli_error import fail
 from ..conversation import Rejects, ValidationError, load, save
 
 app = typer.Typer(help="Data: import public formats, validate, count, show, and build mixtures.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str):
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
 
 
 @app.command("import")
@@ -38,7 +34,7 @@ def import_(
     from .importers import ImportReport, convert
 
     if on_error not in ("fail", "skip"):
-        _fail("--on-error must be fail or skip")
+        fail("--on-error must be fail or skip")
     rejects_path = rejects or out.with_name(out.stem + ".rejects.jsonl")
     if rejects_path.exists():
         rejects_path.unlink()
@@ -57,7 +53,7 @@ def import_(
     try:
         counts = {str(dest): save(conversations(split), dest) for split, dest in splits}
     except (ValidationError, FileNotFoundError, ValueError, RuntimeError) as e:
-        _fail(str(e))
+        fail(str(e))
     summary = {**report.to_dict(), "outputs": counts}
     if sink.count:
         summary["rejects_file"] = str(rejects_path)
@@ -72,7 +68,7 @@ def validate(files: list[Path] = typer.Argument(...)):
     try:
         good, errors = run(files)
     except FileNotFoundError as e:
-        _fail(str(e))
+        fail(str(e))
     for e in errors:
         console.print(str(e), highlight=False, soft_wrap=True)
     console.print(f"{good} valid, {len(errors)} invalid")
@@ -93,7 +89,7 @@ def stats(
     try:
         result = run(files, resolve(protocol, tokenizer))
     except (ValidationError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
         return
@@ -120,7 +116,7 @@ def show(file: Path = typer.Argument(...), n: int = typer.Option(3, "--n", "-n")
             console.print(Panel(text, title=f"{conv.id} · {conv.meta.get('source', '')}", title_align="left"),
                           markup=False)
     except (ValidationError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @app.command()
@@ -132,5 +128,5 @@ def mix(recipe: Path = typer.Argument(..., help="Recipe YAML."), out: Path = typ
     try:
         ledger = build_mixture(recipe, out, progress=progress)
     except (RecipeError, ValidationError, FileNotFoundError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"mixture: {ledger['rows']['train']} train, {ledger['rows']['validation']} validation rows -> {out}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..cli_error import fail
 from ..serve.cli import QUANTIZE_HELP, Quantize
 
 console = Console()
@@ -41,10 +42,6 @@ def eval_command(
     from . import evaluate, imitation_table, load_probes, metrics_table, to_html
     from .generate import load_engine
     from .imitation import TrainingIndex, analyse, heldout_pairs
-
-    def fail(e: Exception):
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from e
 
     if imitation and train is None:
         fail(ValueError("--imitation needs --train TRAIN.jsonl (the conversations the model was trained on)"))

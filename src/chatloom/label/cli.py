@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..cli_error import fail
+
 app = typer.Typer(help="Labeling app: people write and review conversations, with LLM drafts and provenance.",
                   no_args_is_help=True)
 user_app = typer.Typer(help="Accounts.", no_args_is_help=True)
@@ -15,11 +17,6 @@ app.add_typer(user_app, name="user")
 console = Console()
 err = Console(stderr=True)
 DB_HELP = "Database URL: sqlite:///label.db (a file) or postgresql://user:pass@host/db."
-
-
-def _fail(message: str):
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _progress():
@@ -43,7 +40,7 @@ def _database(url: str):
     try:
         return Database(url)
     except Exception as e:  # a bad URL or an unreachable server: say which
-        _fail(f"cannot open database {url}: {e}")
+        fail(f"cannot open database {url}: {e}")
 
 
 def server_config(app, host: str, port: int, forwarded_allow_ips: str | None = None, **kw):
@@ -86,10 +83,10 @@ def serve(db: str = typer.Option("sqlite:///label.db", "--db", help=DB_HELP),
     try:
         endpoints = Endpoints.configure(draft_endpoint, draft_key)
     except EndpointConfigError as e:
-        _fail(str(e))
+        fail(str(e))
     for d in tokenizer_dir:
         if not d.is_dir():
-            _fail(f"--tokenizer-dir {d}: not a folder")
+            fail(f"--tokenizer-dir {d}: not a folder")
     database = _database(db)
     threading.Thread(target=warm_up, args=(database,), daemon=True).start()
     console.print(f"chatloom label on http://{host}:{port}/login · database {db}"
@@ -116,7 +113,7 @@ def user_add(name: str = typer.Argument(...), role: str = typer.Option(..., "--r
             user = auth.add_user(s, name, role, password)
             console.print(f"added {user.role} {user.name!r} (id {user.id})")
     except auth.AuthError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 @app.command("import")
@@ -142,7 +139,7 @@ def import_(file: Path = typer.Argument(..., help="JSONL/JSON/Parquet conversati
                 report = transfer.import_file(s, proj, file, on_error="skip" if skip_bad else "fail", rejects=rejects,
                                               progress=lambda: bar.advance(task))
     except (ValidationError, FileNotFoundError, service.LabelError) as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"imported {report.prompts} prompts and {report.conversations} conversations into {project!r}; "
                   f"{report.duplicates} already there, {report.rejected} rejected"
                   + (f" (see {rejects.path})" if report.rejected and rejects else ""))
@@ -158,7 +155,7 @@ def export(project: str = typer.Option(..., "--project", "-p"),
     from . import service, transfer
 
     if threads not in ("best", "all"):
-        _fail("--threads must be best or all")
+        fail("--threads must be best or all")
     database = _database(db)
     try:
         with database.session() as s:
@@ -173,11 +170,11 @@ def export(project: str = typer.Option(..., "--project", "-p"),
 
                 convs = transfer.export_project(s, service.project_by_name(s, project), threads, progress=step)
     except service.LabelError as e:
-        _fail(str(e))
+        fail(str(e))
     if not convs:
         with database.session() as s:
             reason = transfer.why_empty(s, service.project_by_name(s, project), threads)
-        _fail(f"nothing written to {out}: {reason}")
+        fail(f"nothing written to {out}: {reason}")
     out.parent.mkdir(parents=True, exist_ok=True)
     n = save(convs, out)
     console.print(f"wrote {n} conversations ({threads} threads) to {out}")

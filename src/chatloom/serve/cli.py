@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..cli_error import fail
+
 
 class Quantize(StrEnum):
     """`--quantize` values: "none" multiplies by the float weights (in `--dtype`); see `chatloom.quant` for the others."""
@@ -31,7 +33,6 @@ def _engine(model: Path, protocol: str | None, dtype: str | None, max_context: i
     """Load the engine; `quantize` None means the command's default (`default_quantize` for the models the lean decoder
     supports, the saved weights otherwise)."""
     import torch
-    from rich.console import Console
 
     from ..engine import Engine
 
@@ -44,8 +45,7 @@ def _engine(model: Path, protocol: str | None, dtype: str | None, max_context: i
         return Engine.from_pretrained(model, protocol=protocol, dtype=dtype, max_context=max_context,
                                       quantize=None if quantize == "none" else quantize)
     except (FileNotFoundError, OSError, ValueError) as e:
-        Console(stderr=True).print(f"[bold red]error:[/] cannot load {model}: {e}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(f"cannot load {model}: {e}")
 
 
 def _lean(model: Path) -> bool:

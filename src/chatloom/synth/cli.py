@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..cli_error import fail
 from ..conversation import ValidationError
 from .endpoints import ModelSpec, RetryPolicy, Sampling, SpecError
 from .filters import REASONS, FilterConfig
@@ -16,11 +17,6 @@ from .prompts import DEFAULT_PERSONAS, load_personas, load_seeds
 from .store import OutputBusy
 
 err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2):
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def parse_turns(text: str) -> tuple[int, int]:
@@ -85,9 +81,9 @@ def synth(
     (run the same command again to continue).
     """
     if (topics is None) == (seeds is None):
-        _fail("give exactly one of --topics FILE or --seeds FILE")
+        fail("give exactly one of --topics FILE or --seeds FILE")
     if "empty_turn" in no_filter:
-        _fail("empty turns are never kept (an empty message is not a valid conversation)")
+        fail("empty turns are never kept (an empty message is not a valid conversation)")
     try:
         seed_list = load_seeds(topics, "topic") if topics else load_seeds(seeds, "question")
         personas = load_personas(persona_file) if persona_file else list(DEFAULT_PERSONAS)
@@ -102,7 +98,7 @@ def synth(
             progress=progress)
         result = run(config)
     except (ValidationError, SpecError, FileNotFoundError, ValueError, OutputBusy) as e:
-        _fail(str(e))
+        fail(str(e))
     s = result.summary
     this = s["this_run"]
     filtered = ", ".join(f"{k} {v}" for k, v in this["filtered"].items())
@@ -114,15 +110,15 @@ def synth(
     err.print("tokens: " + json.dumps({r: {k: u[k] for k in ("prompt_tokens", "completion_tokens", "cost_usd")}
                                         for r, u in s["usage"].items()}), highlight=False)
     if this["fatal"]:
-        _fail(f"stopped: {this['fatal']}", code=1)
+        fail(f"stopped: {this['fatal']}", code=1)
     if to_label and result.complete:
         from .handoff import to_label as hand_off
 
         try:
             count = hand_off(result.out, to_label, label_db)
         except RuntimeError as e:
-            _fail(str(e), code=1)
+            fail(str(e), code=1)
         err.print(f"handed {count} conversations to labeling project {to_label!r}")
     if not result.complete:
-        _fail(f"{s['missing_count']} conversations missing; run the same command again to continue"
+        fail(f"{s['missing_count']} conversations missing; run the same command again to continue"
               + (" (not handed to labeling)" if to_label else ""), code=1)

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ..cli_error import fail
+
 app = typer.Typer(help="Train: SFT on conversations or pretraining on text, one loop.", no_args_is_help=True)
-err = Console(stderr=True)
 
 
 def _run(config: Path | None, **flags):
@@ -25,8 +26,7 @@ def _run(config: Path | None, **flags):
         cfg = TrainConfig.from_yaml(config, **flags) if config else TrainConfig(**flags)
         result = Run(cfg).fit()
     except (ModelNotFound, DataError, ProtocolError, ValidationError, FileNotFoundError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(e)
     if result.out_dir is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
         Console().print(dumps_result(result), highlight=False, soft_wrap=True)
     if result.check is not None and not result.check["ok"]:  # weights are written; the parity table said why
