@@ -14,7 +14,6 @@ from ..conversation import Rejects, ValidationError, load, save
 
 app = typer.Typer(help="Data: import public formats, validate, count, show, and build mixtures.", no_args_is_help=True)
 console = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 
 @app.command("import")

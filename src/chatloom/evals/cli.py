@@ -44,9 +44,9 @@ def eval_command(
     from .imitation import TrainingIndex, analyse, heldout_pairs
 
     if imitation and train is None:
-        fail(ValueError("--imitation needs --train TRAIN.jsonl (the conversations the model was trained on)"))
+        fail("--imitation needs --train TRAIN.jsonl (the conversations the model was trained on)")
     if not 0 < threshold <= 1:
-        fail(ValueError(f"--threshold must be in (0, 1], got {threshold}"))
+        fail(f"--threshold must be in (0, 1], got {threshold}")
     if data is None and probes is None:
         data = HELDOUT_PATH
     probe_list = None

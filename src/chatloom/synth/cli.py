@@ -121,4 +121,4 @@ def synth(
         err.print(f"handed {count} conversations to labeling project {to_label!r}")
     if not result.complete:
         fail(f"{s['missing_count']} conversations missing; run the same command again to continue"
-              + (" (not handed to labeling)" if to_label else ""), code=1)
+             + (" (not handed to labeling)" if to_label else ""), code=1)
