@@ -123,6 +123,24 @@ def test_packed_loss_equals_unpacked_loss():
     assert packed == pytest.approx(ref, rel=1e-5, abs=1e-5)
 
 
+def test_a_batch_drops_the_padding_columns_of_its_rows_and_keeps_the_loss():
+    """A mostly empty row (a shard's last) is cut after its last real token (rounded up to TRIM_MULTIPLE columns):
+    same loss as the full row, and every real token kept."""
+    from chatloom.train.data import TRIM_MULTIPLE
+
+    model, proto, examples = _tiny_setup(CONVS[:3], seq_len=512)
+    shard = pack(examples, 512, pad_id=0)
+    real = int((shard.segments >= 0).sum(axis=1).max())
+    assert real < 512 - TRIM_MULTIPLE  # the rows are mostly padding
+    b = shard.batch(range(len(shard)))
+    assert b["ids"].shape[1] == -(-real // TRIM_MULTIPLE) * TRIM_MULTIPLE
+    assert int((b["segments"] >= 0).sum()) == int((shard.segments >= 0).sum())
+    full = {k: torch.from_numpy(getattr(shard, k)).long() for k in ("ids", "positions", "segments", "targets")}
+    loss = SupervisedLoss(model)
+    assert loss(b["ids"], b["positions"], b["segments"], b["targets"]).item() == pytest.approx(
+        loss(full["ids"], full["positions"], full["segments"], full["targets"]).item(), rel=1e-6)
+
+
 def test_only_supervised_positions_produce_gradient():
     conv = Conversation.of("Name three colours please", "Red, green and blue.")
     model, proto, _ = _tiny_setup([conv])

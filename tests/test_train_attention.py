@@ -68,25 +68,24 @@ def rows_strategy():
                                                                                           max_size=3)))
 
 
-PATHS = {"buckets": 0, "chunks and buckets": 20, "short-row mask": 10**9}  # DENSE_UP_TO that forces each path
+PATHS = {"buckets": (0, 0.6), "block mask": (10**9, 0.0)}  # (DENSE_UP_TO, DENSE_SHARE) that force each path
 
 
 @pytest.mark.parametrize("path", list(PATHS))
 @settings(max_examples=10, deadline=None)
 @given(shape=rows_strategy(), seed=st.integers(0, 2**16))
 def test_documents_equal_the_dense_mask_in_float32(model, path, shape, seed):
-    """Every path (per-document buckets; short runs chunked under one block mask beside buckets for the long ones; the
-    short-row mask built from position ids) at any row length."""
+    """Both paths (per-document buckets; one block mask built from the position ids) at any row length."""
     length, docs = shape
     batch = packed_batch(docs, length, seed)
-    saved = attention.DENSE_UP_TO
-    attention.DENSE_UP_TO = PATHS[path]
+    saved = attention.DENSE_UP_TO, attention.DENSE_SHARE
+    attention.DENSE_UP_TO, attention.DENSE_SHARE = PATHS[path]
     try:
         plan = attention.make_plan(batch[1])
-        assert plan.whole_rows or (plan.runs is None) == (length > attention.DENSE_UP_TO)
+        assert plan.whole_rows or (plan.runs is None) == (path == "buckets")
         ours = loss_and_grads(model, batch, dense=False)
     finally:
-        attention.DENSE_UP_TO = saved
+        attention.DENSE_UP_TO, attention.DENSE_SHARE = saved
     dense = loss_and_grads(model, batch, dense=True)
     torch.testing.assert_close(ours[0], dense[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours[1], dense[1], rtol=1e-5, atol=1e-5)
@@ -123,25 +122,22 @@ def test_plan_partitions_the_tokens_into_buckets_of_bounded_padding(monkeypatch)
     assert whole.whole_rows and not whole.buckets
 
 
-@settings(max_examples=60, deadline=None)
-@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=30), limit=st.integers(40, 90))
-def test_chunks_hold_consecutive_runs_whole_and_within_the_limit(lengths, limit):
-    starts = np.cumsum([0] + lengths[:-1])
-    chunk_starts, chunk_lengths, run_ids = attention.chunk_runs(starts, np.array(lengths), limit)
-    assert chunk_lengths.sum() == sum(lengths) and (chunk_lengths <= limit).all()
-    assert (np.diff(chunk_starts) == chunk_lengths[:-1]).all()  # chunks tile the runs in order, nothing skipped
-    cuts = set(chunk_starts.tolist())
-    assert cuts <= set(starts.tolist())  # a chunk only ever starts where a run starts
-    for start, n, ids in zip(chunk_starts, chunk_lengths, run_ids, strict=True):
-        inside = [s for s in starts if start <= s < start + n]
-        want = np.concatenate([np.full(m, j) for j, m in enumerate(lengths[list(starts).index(inside[0]):][:len(inside)])])
-        assert (ids[:n] == want).all()  # every slot numbered by its run
+def test_the_block_mask_only_where_the_runs_fill_the_rows():
+    """Short documents in a row go to the buckets (the mask would do the whole L x L work); runs that fill the row keep
+    one masked call; rows longer than DENSE_UP_TO always go to the buckets."""
+    short = torch.cat([torch.arange(n) for n in (20, 35, 60, 41, 30, 70)]).view(1, -1)  # 256 tokens, squares ~0.2
+    assert make_plan(short).runs is None and make_plan(short).buckets
+    filled = torch.cat([torch.arange(n) for n in (200, 56)]).view(1, -1)  # bucket squares 256^2 + 64^2 > 0.6 * 256^2
+    assert make_plan(filled).runs is not None and not make_plan(filled).buckets
+    long = torch.cat([torch.arange(n) for n in (1500, 548)]).view(1, -1)
+    assert long.shape[1] > attention.DENSE_UP_TO and make_plan(long).runs is None
 
 
 @pytest.mark.parametrize("window", [None, 3, 50])
-@pytest.mark.parametrize("dense_up_to", [0, 12, 10**9])
-def test_document_attention_with_gqa_and_sliding_window_equals_a_masked_reference(window, dense_up_to, monkeypatch):
-    monkeypatch.setattr(attention, "DENSE_UP_TO", dense_up_to)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_document_attention_with_gqa_and_sliding_window_equals_a_masked_reference(window, path, monkeypatch):
+    monkeypatch.setattr(attention, "DENSE_UP_TO", PATHS[path][0])
+    monkeypatch.setattr(attention, "DENSE_SHARE", PATHS[path][1])
     g = torch.Generator().manual_seed(2)
     docs = [[7, 30, 2], [39]]
     length = 40

@@ -2,14 +2,15 @@
 
 Packed rows carry per-document position ids (0, 1, ... restarting at every example; padding is one more run). Instead
 of a dense (B, 1, L, L) block-diagonal mask, "chatloom_sdpa" cuts the rows into document runs where the position ids
-restart. Rows of up to `DENSE_UP_TO` (1,024) tokens get one SDPA call with a block-diagonal mask built from those runs:
-there the L x L work is small and one call beats a dozen small ones. Longer rows are re-cut: consecutive short runs
-are gathered into chunks of at most `DENSE_UP_TO` tokens (cut only where a run starts), and all chunks go through one
-SDPA call with their own block-diagonal masks, so a row of 16,384 tokens of short conversations costs what sixteen
-rows of 1,024 cost. Runs longer than a chunk are grouped by length into a few buckets (lengths rounded up to 2^k or
-1.5 * 2^k, so padding inside a bucket stays under half the work) and run with `is_causal=True`. Outputs go back in row
-order. Padding a run or a chunk at its end never changes it: under the causal (or block) mask no real token sees the
-padded slots, and their outputs are dropped (they get no gradient).
+restart and groups the runs by length into a few buckets (lengths rounded up to 2^k or 1.5 * 2^k, so padding inside a
+bucket stays under half the work), each one SDPA call with `is_causal=True`; outputs go back in row order. A row of
+16,384 tokens of short conversations then costs what sixteen rows of 1,024 cost. Padding a run at its end never
+changes it: under the causal mask no real token sees the padded slots, and their outputs are dropped (no gradient).
+Only where the buckets would do most of the rows' L x L work anyway (runs that fill rows of at most `DENSE_UP_TO`
+tokens: bucket squares >= `DENSE_SHARE` of the rows') one SDPA call with a block-diagonal mask built from the runs
+is cheaper than the gathers and the several calls. Measured (fwd+bwd, 2-core AMD EPYC, float32 core): documents of
+20-120 tokens in rows of 256 take 0.70-0.88x the block-mask time as buckets (SmolLM2's 9x64 heads: 0.83x), in rows
+of 1,024 0.19-0.24x; runs that fill rows of 256 take 1.2-1.8x (so those keep the mask).
 
 On CPU under bf16 autocast the attention core runs in float32: PyTorch's CPU flash kernel is slower in bf16 than in
 fp32 for the small heads chatloom trains (fwd+bwd of one `small` layer at [16, 8, 256, 32]: 58 ms in bf16, 35 ms in
@@ -33,9 +34,10 @@ import torch
 import torch.nn.functional as F
 
 NAME = "chatloom_sdpa"
-#: rows up to this length use one SDPA call with a block-diagonal mask built from the position ids: there the L x L
-#: work is small and beats the per-bucket calls (measured at 1,024 tokens: about 10-25% faster on this 2-core CPU)
+#: rows up to this length whose runs would leave the buckets at least `DENSE_SHARE` of the rows' L x L work use one
+#: SDPA call with a block-diagonal mask instead (see the module doc for the measurements)
 DENSE_UP_TO = 1024
+DENSE_SHARE = 0.6
 #: implementations that take packed rows as position ids alone (no mask): ours and transformers' varlen flash paths
 MASK_FREE = (NAME, "flash_attention_2", "flash_attention_3")
 
@@ -45,14 +47,6 @@ MASK_FREE = (NAME, "flash_attention_2", "flash_attention_3")
 class Bucket:
     gather: torch.Tensor  # (n, P) flat token indices (B * L layout) of n runs padded to P; padded slots read token 0
     pad: torch.Tensor | None  # (n * P, 1, 1) bool, True at padded slots (None: no padding in this bucket)
-    runs: torch.Tensor | None = None  # chunks of several runs: (n, P) run ids (padding: one more run); None: one run
-    masks: dict | None = None  # the chunks' additive block-diagonal masks, by (dtype, window)
-
-    def mask(self, dtype: torch.dtype, window: int | None) -> torch.Tensor:
-        key = (dtype, window)
-        if key not in self.masks:
-            self.masks[key] = block_mask(self.runs, dtype, window)
-        return self.masks[key]
 
 
 @dataclass
@@ -63,7 +57,7 @@ class Plan:
     buckets: list[Bucket]
     source: torch.Tensor | None  # for each token (B * L order): its slot in the buckets' slots laid end to end; None:
     # one run per row (no gather needed)
-    runs: torch.Tensor | None = None  # short rows (<= DENSE_UP_TO): (B, L) run ids, for a block-diagonal mask instead
+    runs: torch.Tensor | None = None  # rows the runs fill (see DENSE_SHARE): (B, L) run ids, for a block-diagonal mask
     masks: dict | None = None  # additive masks built from `runs`, by dtype
 
     @property
@@ -71,7 +65,7 @@ class Plan:
         return self.source is None and self.runs is None
 
     def mask(self, dtype: torch.dtype, window: int | None) -> torch.Tensor:
-        """(B, 1, L, L) block-diagonal causal mask of the short rows."""
+        """(B, 1, L, L) block-diagonal causal mask of the rows."""
         key = (dtype, window)
         if key not in self.masks:
             self.masks[key] = block_mask(self.runs, dtype, window)
@@ -117,31 +111,17 @@ def make_plan(position_ids: torch.Tensor) -> Plan:
     device = position_ids.device
     if len(starts) == b:  # one run per row (unpacked rows, pretraining chunks that fill the row): plain causal SDPA
         return Plan((b, length), [], None)
-    if length <= DENSE_UP_TO:
+    sizes = np.minimum([bucket_length(int(n)) for n in lengths], length)
+    if length <= DENSE_UP_TO and float((sizes.astype(np.float64) ** 2).sum()) >= DENSE_SHARE * b * length ** 2:
         runs = np.zeros(b * length, dtype=np.int64)
         runs[starts] = 1
         return Plan((b, length), [], None, torch.from_numpy(np.cumsum(runs).reshape(b, length)).to(device), {})
     buckets, source, slots = [], np.empty(b * length, dtype=np.int64), 0
-    short = lengths <= DENSE_UP_TO
-    if short.any():  # consecutive short runs -> chunks of at most DENSE_UP_TO tokens, one masked SDPA call for all
-        chunk_starts, chunk_lengths, run_ids = chunk_runs(starts[short], lengths[short], DENSE_UP_TO)
-        size = int(chunk_lengths.max())
-        offs = np.arange(size)
-        real = offs[None, :] < chunk_lengths[:, None]
-        tokens = chunk_starts[:, None] + offs[None, :]
-        source[tokens[real]] = np.flatnonzero(real.reshape(-1))
-        slots = real.size
-        runs = np.where(real, run_ids, -1)  # padding: one more run of its own, after the real ones
-        pad = None if real.all() else torch.from_numpy(~real.reshape(-1, 1, 1)).to(device)
-        buckets.append(Bucket(torch.from_numpy(np.where(real, tokens, 0)).to(device), pad,
-                              torch.from_numpy(runs).to(device), {}))
-    long_starts, long_lengths = starts[~short], lengths[~short]
-    sizes = np.array([min(bucket_length(int(n)), length) for n in long_lengths], dtype=np.int64)
     for size in np.unique(sizes):
         members = np.flatnonzero(sizes == size)
         offs = np.arange(size)
-        real = offs[None, :] < long_lengths[members][:, None]
-        tokens = long_starts[members][:, None] + offs[None, :]
+        real = offs[None, :] < lengths[members][:, None]
+        tokens = starts[members][:, None] + offs[None, :]
         gather = np.where(real, tokens, 0)
         source[tokens[real]] = slots + np.flatnonzero(real.reshape(-1))
         slots += gather.size
@@ -150,28 +130,7 @@ def make_plan(position_ids: torch.Tensor) -> Plan:
     return Plan((b, length), buckets, torch.from_numpy(source).to(device))
 
 
-def chunk_runs(starts: np.ndarray, lengths: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy chunks of runs that follow each other in the flat token order (each run <= `limit`): (chunk starts,
-    chunk lengths, (chunks, longest chunk) run ids, each slot numbered by its run within the chunk)."""
-    chunk_of = np.empty(len(starts), dtype=np.int64)
-    chunk, filled, end = -1, limit + 1, -1
-    for i, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-        if s != end or filled + n > limit:  # a gap (a long run between) or full: a new chunk
-            chunk, filled = chunk + 1, 0
-        chunk_of[i], filled, end = chunk, filled + n, s + n
-    count = chunk + 1
-    chunk_starts = np.full(count, np.iinfo(np.int64).max)
-    np.minimum.at(chunk_starts, chunk_of, starts)
-    chunk_lengths = np.bincount(chunk_of, weights=lengths, minlength=count).astype(np.int64)
-    size = int(chunk_lengths.max())
-    run_ids = np.zeros((count, size), dtype=np.int64)
-    offsets = starts - chunk_starts[chunk_of]  # where each run begins inside its chunk
-    first = offsets > 0
-    np.add.at(run_ids, (chunk_of[first], offsets[first]), 1)
-    return chunk_starts, chunk_lengths, np.cumsum(run_ids, axis=1)
-
-
-_cache: tuple[weakref.ref, int, Plan] | None = None
+_cache: tuple[weakref.ref, tuple, Plan] | None = None
 
 
 def plan_for(position_ids: torch.Tensor, batch: int) -> Plan:
@@ -179,10 +138,10 @@ def plan_for(position_ids: torch.Tensor, batch: int) -> Plan:
     global _cache
     if position_ids.shape[0] != batch:
         position_ids = position_ids.expand(batch, -1)
-    if _cache is not None and _cache[0]() is position_ids and _cache[1] == DENSE_UP_TO:
+    if _cache is not None and _cache[0]() is position_ids and _cache[1] == (DENSE_UP_TO, DENSE_SHARE):
         return _cache[2]
     plan = make_plan(position_ids)
-    _cache = (weakref.ref(position_ids), DENSE_UP_TO, plan)
+    _cache = (weakref.ref(position_ids), (DENSE_UP_TO, DENSE_SHARE), plan)
     return plan
 
 
@@ -267,11 +226,7 @@ def document_attention(query, key, value, position_ids, *, scale=None, dropout=0
         def heads(x, n=n, size=size):
             return x.view(n, size, x.shape[1], d).transpose(1, 2)
 
-        if bucket.runs is not None:
-            out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bucket.mask(q.dtype, window),
-                                                 dropout_p=dropout, scale=scale, enable_gqa=k.shape[1] != h)
-        else:
-            out = _sdpa(heads(q), heads(k), heads(v), scale=scale, dropout=dropout, window=window)
+        out = _sdpa(heads(q), heads(k), heads(v), scale=scale, dropout=dropout, window=window)
         pieces.append(out.transpose(1, 2).reshape(n * size, h, d))
     return _FromRuns.apply(plan, *pieces).view(b, length, h, d)
 

@@ -169,6 +169,11 @@ def read_documents(paths: Sequence[str | Path]) -> list[str]:
     return docs
 
 
+#: a trimmed batch keeps a multiple of this many columns (aligned shapes for GPU kernels; few distinct shapes for
+#: `torch.compile`)
+TRIM_MULTIPLE = 64
+
+
 def best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Best-fit decreasing over the whole shard: each example (longest first) goes into the open row with the least room
     that still fits it. Returns rows as lists of example indices (in a deterministic order)."""
@@ -208,10 +213,18 @@ class PackedShard:
         return int((self.targets[list(rows)] != IGNORE).sum())
 
     def batch(self, rows: Sequence[int], device="cpu") -> dict:
+        """The rows as tensors, cut after the last column (rounded up to `TRIM_MULTIPLE`) that holds a real token in any
+        of them: padding no real token attends to or is supervised by is never computed (a shard's last rows are
+        often mostly padding: the last of 27 rows of 16,384 tokens held 4,096)."""
         rows = list(rows)
-        t = {k: torch.from_numpy(getattr(self, k)[rows]).long().to(device)
-             for k in ("ids", "targets", "positions", "segments")}
-        return t
+        segments = self.segments[rows]
+        real = np.flatnonzero((segments >= 0).any(axis=0))
+        width = self.ids.shape[1]
+        if len(real):
+            width = min(width, -(-(int(real[-1]) + 1) // TRIM_MULTIPLE) * TRIM_MULTIPLE)
+        arrays = {"ids": self.ids[rows], "targets": self.targets[rows], "positions": self.positions[rows],
+                  "segments": segments}
+        return {k: torch.from_numpy(np.ascontiguousarray(a[:, :width])).long().to(device) for k, a in arrays.items()}
 
     def digest(self) -> str:
         return hashlib.sha256(self.ids.tobytes() + self.targets.tobytes()).hexdigest()[:16]
