@@ -287,7 +287,7 @@ def main(argv=None):
     per_step = round(len(convs) / rows * a.rows_per_step, 1)
     print(f"chatloom: {len(convs)} conversations -> {rows} packed rows of {a.seq_len}; {a.rows_per_step} rows per step "
           f"hold about {per_step} conversations", file=sys.stderr, flush=True)
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, n=512, seconds=1.0)}
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     jobs = []
     only = a.only.split(",")
     if "base" in only:
@@ -310,7 +310,7 @@ def main(argv=None):
         (Path(a.work) / "raw.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")  # kept if a later run fails
         print(f"{kind} {precision}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     peak["fp32"] = max(peak["fp32"], matmul_peak(torch.float32))  # again after: the shared CPU's load changes
-    peak["bf16"] = max(peak["bf16"], matmul_peak(torch.bfloat16, n=512, seconds=1.0))
+    peak["bf16"] = max(peak["bf16"], matmul_peak(torch.bfloat16))
     runs = {}
     for name, r in raw.items():
         if name.startswith("base"):
