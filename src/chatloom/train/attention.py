@@ -207,6 +207,7 @@ class _FromRuns(torch.autograd.Function):
         return (None, *_to_runs(grad.contiguous(), ctx.plan))
 
 
+@torch.compiler.disable  # under torch.compile: eager (its plan differs per batch; traced, every batch recompiled)
 def document_attention(query, key, value, position_ids, *, scale=None, dropout=0.0, window=None):
     """Causal attention within each document run of `position_ids`. query (B, H, L, D), key/value (B, Hkv, L, D);
     returns (B, L, H, D) like transformers' attention functions."""

@@ -85,6 +85,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (grad_h * grad_out).to(h_dtype), grad_w.mul_(grad_out).to(w_dtype), None, None, None
 
 
+@torch.compiler.disable  # already fused; traced, its row count (data-dependent) would recompile every batch
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over rows of cross-entropy(hidden @ weight.T, targets), in float32, without materialising all logits.
 
