@@ -52,10 +52,11 @@ def packed_batch(doc_lengths: list[list[int]], length: int, seed: int):
     return ids, positions, segments, targets
 
 
-def loss_and_grads(model, batch, dense, bf16=False):
+def loss_and_grads(model, batch, dense=False, bf16=False, module=None):
+    """Loss and flattened gradients of one forward/backward through `module` (default: SupervisedLoss(model, dense))."""
     model.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        loss = SupervisedLoss(model, dense=dense)(*batch)
+        loss = (module if module is not None else SupervisedLoss(model, dense=dense))(*batch)
     loss.backward()
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 

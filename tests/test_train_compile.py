@@ -13,18 +13,11 @@ from chatloom.train.attention import NAME, use_training_attention
 from chatloom.train.loop import SupervisedLoss
 from chatloom.train.models import build_model
 
-from .test_train_attention import VOCAB, packed_batch
+from .test_train_attention import VOCAB, loss_and_grads, packed_batch
 
 #: (documents per row, row length): other lengths, other packings, other supervised counts
 BATCHES = [([[20, 30, 14]], 64), ([[50, 60], [10, 20, 30]], 128), ([[64], [30, 34]], 64), ([[5] * 30, [100, 90]], 192),
            ([[7, 9, 11], [40]], 64), ([[120, 8], [33, 33, 33]], 128)]
-
-
-def loss_and_grads(module, model, batch):
-    model.zero_grad()
-    loss = module(*batch)
-    loss.backward()
-    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 def test_a_compiled_step_gives_the_eager_loss_and_is_not_recompiled_per_batch():
@@ -35,7 +28,7 @@ def test_a_compiled_step_gives_the_eager_loss_and_is_not_recompiled_per_batch():
     with torch._dynamo.config.patch(recompile_limit=3, fail_on_recompile_limit_hit=True):
         for seed, (docs, length) in enumerate(BATCHES):
             batch = packed_batch(docs, length, seed)
-            want_loss, want_grads = loss_and_grads(eager, model, batch)
-            got_loss, got_grads = loss_and_grads(compiled, model, batch)
+            want_loss, want_grads = loss_and_grads(model, batch, module=eager)
+            got_loss, got_grads = loss_and_grads(model, batch, module=compiled)
             torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(got_grads, want_grads, rtol=1e-4, atol=1e-6)
