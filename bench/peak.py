@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-
 #: square sizes the peak is taken over: the best size differs between CPUs (with AMX, bf16 at 512 reaches about
 #: half of what it does at 2048, while the model's own 512 x 576 x 1536 products reach more than 512^3)
 PEAK_SIZES = (512, 1024, 2048)

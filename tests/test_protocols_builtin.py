@@ -106,3 +106,23 @@ def test_control_tokens_added_and_copy_leaves_original(gpt2):
     p = protocols.get("llama3", gpt2, copy=True)
     assert len(gpt2) == before and len(p.tokenizer) == before + 4
     assert set(p.added_tokens) == {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"}
+
+
+def test_rendered_message_index_from_runs_is_the_per_token_index(o200k):
+    """The encoder keeps the message index as runs until it is read; read, pickled or reassigned, it is per token."""
+    import pickle
+
+    from chatloom.protocols import Rendered
+
+    r = protocols.get("gpt4o", o200k).render(SEED)
+    per_token = r.message_index  # materialised from runs
+    assert len(per_token) == len(r.ids) and set(per_token) == {0, 1, 2, 3, 4}
+    assert per_token[:3] == [0, 0, 0]  # <|im_start|>system<|im_sep|> opens message 0
+    assert pickle.loads(pickle.dumps(r)) == r == Rendered(list(r.ids), list(r.mask), list(per_token))
+    lazy = Rendered([7, 8, 9], [0, 1, 1], runs=[-1, 1, 2, 2, 4, 0])
+    assert lazy.message_index == [-1, 2, 2] and lazy.spans == [(1, 3)]
+    assert pickle.loads(pickle.dumps(Rendered([7], [0], runs=[3, 1]))).message_index == [3]
+    lazy.message_index = [-1, -1, -1]
+    assert lazy == Rendered([7, 8, 9], [0, 1, 1], [-1, -1, -1])
+    with pytest.raises(TypeError):
+        Rendered([1], [0])

@@ -35,13 +35,44 @@ class Part:
     supervised: bool = False
 
 
-@dataclass
 class Rendered:
-    """Token ids, 0/1 loss mask and, per token, the index of the message it came from (-1 for BOS / prompt)."""
+    """Token ids, 0/1 loss mask and, per token, the index of the message it came from (-1 for BOS / prompt).
 
-    ids: list[int]
-    mask: list[int]
-    message_index: list[int]
+    The message index is held as runs (`runs`: message, count, message, count, ...) until it is first read: training
+    and data statistics never read it, views do."""
+
+    __slots__ = ("ids", "mask", "_index", "_runs")
+    __hash__ = None
+
+    def __init__(self, ids: list[int], mask: list[int], message_index: list[int] | None = None, *,
+                 runs: list[int] | None = None):
+        if (message_index is None) == (runs is None):
+            raise TypeError("Rendered needs either message_index or runs")
+        self.ids = ids
+        self.mask = mask
+        self._index = message_index
+        self._runs = runs
+
+    @property
+    def message_index(self) -> list[int]:
+        if self._index is None:
+            runs, out = self._runs, []
+            for i in range(0, len(runs), 2):
+                out += [runs[i]] * runs[i + 1]
+            self._index, self._runs = out, None
+        return self._index
+
+    @message_index.setter
+    def message_index(self, value: list[int]) -> None:
+        self._index, self._runs = value, None
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Rendered):
+            return NotImplemented
+        return self.ids == other.ids and self.mask == other.mask and self.message_index == other.message_index
+
+    def __repr__(self) -> str:
+        return f"Rendered(ids={self.ids!r}, mask={self.mask!r}, message_index={self.message_index!r})"
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -66,6 +66,7 @@ class TurnProtocol(Protocol):
         self.bos_tokens = (self.begin,) if self.begin else ()
         self.escaper = Escaper(self.control_tokens)
         self._heads = {r: self.header.replace("{role}", r) for r in ("system", "user", "assistant", "tool")}
+        self._between = {r: self.footer + h for r, h in self._heads.items()}  # closes one turn, opens one of role r
         footer = self.escaper.split(self.footer)
         if not footer or footer[0][:2] != ("token", self.end_of_turn):
             raise ProtocolError(f"{self.name}: the footer must start with the end-of-turn token")
@@ -75,12 +76,22 @@ class TurnProtocol(Protocol):
     def layout(self, conv: Conversation, add_generation_prompt: bool = False) -> Layout:
         msgs = conv.messages
         heads = self._heads
-        if not any(m.reasoning_content is not None for m in msgs):
-            gaps = [self.begin + heads[msgs[0].role]]
-            gaps += [self.footer + heads[m.role] for m in msgs[1:]]
+        gaps, contents, trained = [], [], []
+        between = self._between
+        for m in msgs:
+            if m.reasoning_content is not None:
+                break
+            gaps.append(between[m.role])
+            if m.role == "assistant":
+                contents.append(m.content if not m.tool_calls else assistant_text(m))
+                trained.append(m.train)
+            else:
+                contents.append(m.content)
+                trained.append(False)
+        else:
+            gaps[0] = self.begin + heads[msgs[0].role]
             gaps.append(self.footer + (heads["assistant"] if add_generation_prompt else ""))
-            contents = [assistant_text(m) if m.role == "assistant" else m.content for m in msgs]
-            return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs])
+            return Layout(gaps, contents, trained)
         gaps, contents, trained, owners, framed = [], [], [], [], []
         lead = self.begin
         for i, m in enumerate(msgs):

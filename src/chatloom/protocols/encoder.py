@@ -97,10 +97,21 @@ class CompiledGap:
         self.ids = ids
         self.n_close = sum(closes)  # closing tokens come first
         self.n_open = len(ids) - self.n_close
-        self.mask_eot = [1 if c == _EOT else 0 for c in codes]
-        self.mask_ext = [1 if c != _NO else 0 for c in codes]
-        self.zeros = [0] * len(ids)
-        self.ones = [1] * len(ids)
+        self.mask_eot = bytes(1 if c == _EOT else 0 for c in codes)  # loss masks as bytes: joined, then listed once
+        self.mask_ext = bytes(1 if c != _NO else 0 for c in codes)
+        self.zeros = bytes(len(ids))
+        self.ones = b"\x01" * len(ids)
+
+
+def _runs(values: list[int]) -> list[int]:
+    """Run-length form of a message index: [5, 5, 5, 7] -> [5, 3, 7, 1] (what `Rendered(runs=...)` takes)."""
+    out: list[int] = []
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            out += (values[start], i - start)
+            start = i
+    return out
 
 
 class Encoder:
@@ -244,7 +255,14 @@ class Encoder:
                 if g.lead:
                     run.append((g.lead, m_before if g.lead_closes else m_after, f or (e_before and g.lead_ext)))
                 if g.has_controls:
-                    if run:
+                    if len(run) == 1:  # the common case: one content between two control tokens
+                        text, message, sup = run[0]
+                        if text:
+                            if text not in whole:
+                                whole[text] = short.get(text)
+                            plan.append((_TEXT, text, message, sup))
+                        run = []
+                    elif run:
                         plan_run(run, plan, whole, multi, can_split, short)
                         run = []
                     mask = g.ones if f else (g.mask_ext if e_before else g.mask_eot) if t_before else g.zeros
@@ -267,47 +285,43 @@ class Encoder:
                     short[t] = ids
             spans_of = iter(self._bounds(multi, encoded[len(todo):]))
         out = []
+        join = b"".join
         for plan in plans:
             ids: list[int] = []
-            mask: list[int] = []
-            msg: list[int] = []
+            mask: list[bytes] = []
+            runs: list[int] = []  # message index as (message, count) runs
             for item in plan:
                 tag = item[0]
                 if tag is _TEXT:  # one text, one owner
                     seg = whole[item[1]]
                     k = len(seg)
                     ids += seg
-                    mask += [1 if item[3] else 0] * k
-                    msg += [item[2]] * k
+                    mask.append(b"\x01" * k if item[3] else bytes(k))
+                    runs += (item[2], k)
                 elif tag is _GAP:  # a gap's control tokens (and the text between them)
                     g = item[1]
                     ids += g.ids
-                    mask += item[4]
-                    if g.n_close:
-                        msg += [item[2]] * g.n_close
-                    msg += [item[3]] * g.n_open
+                    mask.append(item[4])
+                    runs += (item[2], g.n_close, item[3], g.n_open)
                 else:  # pieces of several owners encoded together
                     seg_ids, seg_mask, seg_msg = self._assign(item[1], next(spans_of))
                     ids += seg_ids
-                    mask += seg_mask
-                    msg += seg_msg
-            out.append(Rendered(ids, mask, msg))
+                    mask.append(bytes(seg_mask))
+                    runs += _runs(seg_msg)
+            out.append(Rendered(ids, list(join(mask)), runs=runs))
         return out
 
     def _plan_run(self, run, plan, whole, multi, can_split, short):
         """A run of text between control tokens -> plan items: (_TEXT, text, message, supervised) where one owner has
         it, else (_MULTI, pieces) encoded together (a run is cut where the tokenizer never merges across)."""
-        if len(run) == 1:
-            merged = run if run[0][0] else []
-        else:
-            merged = []
-            for piece in run:
-                if not piece[0]:
-                    continue
-                if merged and merged[-1][1] == piece[1] and merged[-1][2] == piece[2]:
-                    merged[-1] = (merged[-1][0] + piece[0], piece[1], piece[2])
-                else:
-                    merged.append(piece)
+        merged = []
+        for piece in run:
+            if not piece[0]:
+                continue
+            if merged and merged[-1][1] == piece[1] and merged[-1][2] == piece[2]:
+                merged[-1] = (merged[-1][0] + piece[0], piece[1], piece[2])
+            else:
+                merged.append(piece)
         if not merged:
             return
         groups = [[merged[0]]]

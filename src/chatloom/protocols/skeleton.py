@@ -100,18 +100,7 @@ class Skeleton:
         return True
 
     def covers(self, conv: Conversation) -> bool:
-        if conv.tools or self.reader:  # a reader does not render
-            return False
-        n = len(conv.messages)
-        for j, m in enumerate(conv.messages):
-            if m.role not in self.ROLES or m.tool_calls or m.name or m.tool_call_id or m.reasoning_content is not None:
-                return False
-            nxt = conv.messages[j + 1].role if j + 1 < n else END
-            if j == 0 and (m.role, nxt, False) not in self.first:
-                return False
-            if j + 1 < n and (m.role, nxt, j == 0) not in self.gap:
-                return False
-        return (conv.messages[-1].role, n == 1, False) in self.last
+        return self.layout(conv, False) is not None
 
     def _pieces(self, conv: Conversation, gen: bool) -> list[str]:
         msgs = conv.messages
@@ -126,14 +115,28 @@ class Skeleton:
     def _text(self, conv: Conversation, gen: bool) -> str:
         return "".join(self._pieces(conv, gen))
 
-    def layout(self, conv: Conversation, gen: bool) -> Layout:
-        """The conversation as template gaps and contents (the encoder does the rest)."""
-        msgs, n = conv.messages, len(conv.messages)
-        gaps = [self.first[(msgs[0].role, msgs[1].role if n > 1 else END, gen)]]
-        gaps += [self.gap[(msgs[j].role, msgs[j + 1].role, j == 0)] for j in range(n - 1)]
-        gaps.append(self.last[(msgs[-1].role, n == 1, gen)])
-        contents = [m.content.strip() if self.trim else m.content for m in msgs]
-        return Layout(gaps, contents, [m.role == "assistant" and m.train for m in msgs])
+    def layout(self, conv: Conversation, gen: bool) -> Layout | None:
+        """The conversation as template gaps and contents (the encoder does the rest); None when the skeleton does not
+        cover it (tools, tool calls, names, reasoning, a role or a turn order the template was not seen rendering)."""
+        if conv.tools or self.reader:  # a reader does not render
+            return None
+        msgs = conv.messages
+        n = len(msgs)
+        roles, gap_of, trim = self.ROLES, self.gap, self.trim
+        gaps = [self.first.get((msgs[0].role, msgs[1].role if n > 1 else END, gen))]
+        contents, trained = [], []
+        for j, m in enumerate(msgs):
+            role = m.role
+            if role not in roles or m.tool_calls or m.name or m.tool_call_id or m.reasoning_content is not None:
+                return None
+            if j + 1 < n:
+                gaps.append(gap_of.get((role, msgs[j + 1].role, j == 0)))
+            contents.append(m.content.strip() if trim else m.content)
+            trained.append(role == "assistant" and m.train)
+        gaps.append(self.last.get((msgs[-1].role, n == 1, gen)))
+        if None in gaps:
+            return None
+        return Layout(gaps, contents, trained)
 
     def parse(self, s: str) -> list[tuple[str, str]] | None:
         splitter = self.proto.escaper

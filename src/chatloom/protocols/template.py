@@ -152,9 +152,8 @@ class TemplateProtocol(Protocol):
 
     def layout(self, conv: Conversation, add_generation_prompt: bool = False) -> Layout:
         self._usable()
-        if self.skeleton is not None and self.skeleton.covers(conv):
-            return self.skeleton.layout(conv, add_generation_prompt)
-        return self._layout_jinja(conv, add_generation_prompt)
+        fast = self.skeleton.layout(conv, add_generation_prompt) if self.skeleton is not None else None
+        return fast if fast is not None else self._layout_jinja(conv, add_generation_prompt)
 
     def _layout_jinja(self, conv: Conversation, add_generation_prompt: bool) -> Layout:
         """Render with Jinja and find each message's content in the output; the text between contents is the gaps.
