@@ -17,8 +17,9 @@ Measured on the same conversations (wall clock, best of `--repeats`):
 - `raw`: the physical limit, the tokenizer's fastest single-threaded encode of exactly the text chatloom encodes (the
   text between the control tokens of each rendering): tiktoken's `encode_ordinary` (for the HF tokenizers their
   tiktoken twin, which chatloom itself uses), one text after the other; `raw_distinct` encodes each distinct text once
-  (what chatloom's per-batch de-duplication can reach); `hf_tokenizers` the Rust `tokenizers` encode with
-  RAYON_NUM_THREADS=1 (what transformers runs);
+  (what chatloom's per-batch de-duplication can reach); `raw_2threads` the same encode on two threads (tiktoken
+  releases the GIL while it encodes, not while it builds the list of ids); `hf_tokenizers` the Rust `tokenizers`
+  encode with RAYON_NUM_THREADS=1 (what transformers runs);
 - `render_1core`: `render_batch(chunk, workers=1)` over chunks of `--batch` conversations; `render_each`:
   `render(c)` one conversation at a time;
 - `render_batch_2`: `render_batch(chunk, workers=2)` (threads; the tokenizer releases the GIL);
@@ -49,6 +50,7 @@ from pathlib import Path  # noqa: E402
 from chatloom import Conversation, Message, load_tokenizer, protocols  # noqa: E402
 from chatloom.data.oasst import oasst_records  # noqa: E402
 from chatloom.quickstart.corpus import stdlib_documents  # noqa: E402
+from chatloom.tokenizers import map_threads  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
@@ -168,6 +170,7 @@ def measure(s: dict, convs: list[Conversation], repeats: int, batch: int, refere
     tokens = sum(map(len, raw_ids))
     del raw_ids
     t_dist, c_dist, _ = best(lambda: [raw(t) for t in distinct], repeats)
+    t_raw2, c_raw2, _ = best(lambda: map_threads(raw, pieces, 2), repeats)
     t_one, c_one, ours = best(lambda: chunks(1), repeats)
     t_each, c_each, _ = best(lambda: [proto.render(c) for c in convs], repeats)
     t_two, cpu_two, _ = best(lambda: chunks(2), repeats)
@@ -182,6 +185,7 @@ def measure(s: dict, convs: list[Conversation], repeats: int, batch: int, refere
 
     rate("raw", t_raw, c_raw)
     rate("raw_distinct", t_dist, c_dist)
+    rate("raw_2threads", t_raw2, c_raw2)
     if s["rust"] is not None:
         rust = s["rust"]
         t_hf, c_hf, _ = best(lambda: [rust.encode(t, add_special_tokens=False).ids for t in pieces], repeats)
@@ -224,7 +228,9 @@ def measure(s: dict, convs: list[Conversation], repeats: int, batch: int, refere
         ratios.update({"render_1core_vs_transformers": round(t_ref / t_one, 2),
                        "render_batch_2_vs_transformers": round(t_ref / t_two, 2),
                        "cpu_render_1core_vs_transformers": round(c_ref / c_one, 2),
-                       "bound_2core_raw_vs_transformers": round(2 * t_ref / t_raw, 2)})
+                       "bound_2core_raw_vs_transformers": round(2 * t_ref / t_raw, 2),
+                       "raw_2threads_vs_transformers": round(t_ref / t_raw2, 2)})
+        ratios["raw_2threads_vs_raw"] = round(t_raw / t_raw2, 3)
     row["ratios"] = ratios
     return row
 
