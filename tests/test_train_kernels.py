@@ -143,6 +143,38 @@ def test_the_loop_optimizer_steps_like_the_reference_adamw():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e3, 0.0])  # clipping, a bound never reached, no clipping
+def test_clipping_inside_the_fused_optimizer_equals_clip_grad_norm_then_step(max_norm):
+    """`clipped_step` hands the clip to the fused AdamW as its gradient divisor; the reference clips the gradients with
+    `clip_grad_norm_` and steps PyTorch's single-tensor AdamW. Same weights after four steps, same norms."""
+    from chatloom.train.loop import adamw, clipped_step
+
+    models = [build_model("tiny", 300, seed=0) for _ in range(2)]
+    ours = adamw(list(models[0].parameters()), torch.device("cpu"), lr=3e-3, weight_decay=0.1)
+    ref = torch.optim.AdamW(models[1].parameters(), lr=3e-3, weight_decay=0.1, foreach=False)
+    assert ours.defaults["fused"] and not ref.defaults["fused"]
+    for step in range(4):
+        norms = []
+        for model, opt in zip(models, (ours, ref), strict=True):
+            opt.zero_grad(set_to_none=True)
+            SupervisedLoss(model)(*batch(seed=step)).backward()
+            params = list(model.parameters())
+            if opt is ours:
+                norms.append(clipped_step(opt, params, max_norm))
+            else:
+                norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm > 0 else torch.zeros(()))
+                opt.step()
+        torch.testing.assert_close(norms[0], norms[1], rtol=1e-5, atol=0)
+        if max_norm == 0.05:
+            assert norms[0] > 0.05  # the clip is taken
+        assert not hasattr(ours, "grad_scale")
+    # clipped, gradient / divisor and clip_grad_norm_'s gradient * multiplier differ in the last bit, which Adam's
+    # normalisation magnifies where a gradient is near zero: a few 1e-6 of weights that moved ~1e-2
+    atol = 1e-5 if max_norm == 0.05 else 1e-6
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=atol)
+
+
 def test_bf16_training_loss_and_gradients_stay_near_float32():
     """A whole tiny model under bf16 autocast (per-document attention, fused loss in several chunks) against float32."""
     model = build_model("tiny", 300, seed=0)

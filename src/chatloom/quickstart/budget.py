@@ -73,12 +73,13 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
     262k vocabulary. The model's weights are left changed."""
     from ..train.attention import use_training_attention
     from ..train.data import IGNORE
-    from ..train.loop import SupervisedLoss, adamw, bf16_supported
+    from ..train.loop import SupervisedLoss, adamw, bf16_supported, clipped_step
 
     use_training_attention(model)
     model.train()
     loss_of = SupervisedLoss(model)
-    opt = adamw(model.parameters(), torch.device("cpu"), lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = adamw(params, torch.device("cpu"), lr=1e-4)
     ids = torch.randint(0, vocab, (batch_size, seq_len))
     positions = torch.arange(seq_len).repeat(batch_size, 1)
     segments = torch.zeros_like(ids)
@@ -91,7 +92,7 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             loss = loss_of(ids, positions, segments, targets)
         loss.backward()
-        opt.step()
+        clipped_step(opt, params, 1.0)
         opt.zero_grad(set_to_none=True)
         if i >= warmup:
             best = min(best, time.perf_counter() - start)

@@ -142,6 +142,29 @@ def adamw(params, device: torch.device, sharded: bool = False, **kw) -> torch.op
     return torch.optim.AdamW(params, **kw)
 
 
+def clipped_step(optimizer: torch.optim.Optimizer, params: list, max_norm: float) -> torch.Tensor:
+    """Clip the gradients to a total 2-norm of `max_norm` (0: no clipping), step, and return the norm before clipping.
+
+    With the fused CPU AdamW the clipping is the optimizer's own gradient divisor (`grad_scale`, the attribute
+    GradScaler hands it): one pass over the gradients fewer than `clip_grad_norm_` then `step` (34 of 155 ms on
+    SmolLM2-135M's gradients), the same update to float rounding."""
+    if max_norm <= 0:
+        optimizer.step()
+        return torch.zeros(())
+    if not all(group.get("fused") for group in optimizer.param_groups):  # (a resumed state can turn it off)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        return norm
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+    optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp(min=1.0)  # grad / divisor = clip_grad_norm_'s grad * coef
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale
+    return norm
+
+
 #: `batch_size` 0 (the default): rows per step that hold about this many examples, like a padded batch of 8
 AUTO_EXAMPLES_PER_STEP = 8
 AUTO_MAX_ROWS = 8
@@ -411,18 +434,17 @@ class Run:
                     self.optimizer.zero_grad(set_to_none=True)
                 else:
                     params = [p for p in self.model.parameters() if p.requires_grad]
-                    if self.scaler is not None:
-                        self.scaler.unscale_(self.optimizer)
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else \
-                        torch.zeros(())
                     lr = self.scheduler.get_last_lr()[0]
                     if self.scaler is not None:
+                        self.scaler.unscale_(self.optimizer)
+                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 \
+                            else torch.zeros(())
                         scale = self.scaler.get_scale()
                         self.scaler.step(self.optimizer)  # skipped (and the scale lowered) on an inf/NaN gradient
                         self.scaler.update()
                         self.overflow_steps += int(self.scaler.get_scale() < scale)
                     else:
-                        self.optimizer.step()
+                        norm = clipped_step(self.optimizer, params, cfg.max_grad_norm)
                     self.clock_step = self.total_steps * used
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
