@@ -175,6 +175,30 @@ def test_clipping_inside_the_fused_optimizer_equals_clip_grad_norm_then_step(max
         torch.testing.assert_close(a, b, rtol=1e-5, atol=atol)
 
 
+def test_resuming_keeps_this_process_optimizer_kernel():
+    """A checkpoint saved by a non-fused AdamW (FSDP's) resumed by one CPU process: the state is loaded, the fused kernel
+    the loop chose for this process is kept (loading param groups would otherwise turn it off), and it steps."""
+    from chatloom.train import sharding
+    from chatloom.train.loop import adamw
+
+    model = build_model("tiny", 300, seed=0)
+    saver = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    SupervisedLoss(model)(*batch(seed=0)).backward()
+    saver.step()
+    state = sharding.full_optimizer_state(model, saver)
+    assert not any(g["fused"] for g in state["param_groups"])
+    saver.zero_grad(set_to_none=True)  # as a resuming process has them
+    ours = adamw(list(model.parameters()), torch.device("cpu"), lr=1e-3)
+    sharding.load_full_state(model, ours, sharding.full_model_state(model), state)
+    assert all(g["fused"] for g in ours.param_groups)
+    for p in model.parameters():  # the saved moments, not a fresh state
+        torch.testing.assert_close(ours.state[p]["exp_avg"], saver.state[p]["exp_avg"], rtol=0, atol=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    SupervisedLoss(model)(*batch(seed=1)).backward()
+    ours.step()  # through the fused kernel
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
 def test_bf16_training_loss_and_gradients_stay_near_float32():
     """A whole tiny model under bf16 autocast (per-document attention, fused loss in several chunks) against float32."""
     model = build_model("tiny", 300, seed=0)

@@ -82,4 +82,7 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_st
 
     set_model_state_dict(model, model_state, options=_options())
     if optimizer_state is not None:
+        kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
         set_optimizer_state_dict(model, optimizer, optimizer_state, options=_options())
+        for group, (fused, foreach) in zip(optimizer.param_groups, kernels, strict=True):  # the kernel is this
+            group["fused"], group["foreach"] = fused, foreach  # process's choice (device, sharding), not the saver's
