@@ -99,9 +99,6 @@ class Skeleton:
                 return False
         return True
 
-    def covers(self, conv: Conversation) -> bool:
-        return self.layout(conv, False) is not None
-
     def _pieces(self, conv: Conversation, gen: bool) -> list[str]:
         msgs = conv.messages
         out = [self.first[(msgs[0].role, msgs[1].role if len(msgs) > 1 else END, gen)]]
