@@ -126,3 +126,30 @@ def test_rendered_message_index_from_runs_is_the_per_token_index(o200k):
     assert lazy == Rendered([7, 8, 9], [0, 1, 1], [-1, -1, -1])
     with pytest.raises(TypeError):
         Rendered([1], [0])
+
+
+def test_rendered_mask_bytes_until_listed_then_the_list_is_the_mask(o200k):
+    """The encoder's mask is one byte per token, listed on the first read of `.mask`; the listed mask is the mask
+    (edits show in `mask_bytes`, equality and pickling), and the supervised tokens are the assistant replies."""
+    import pickle
+
+    from chatloom.protocols import Rendered
+
+    proto = protocols.get("gpt4o", o200k)
+    r = proto.render(SEED)
+    packed = r.mask_bytes
+    assert isinstance(packed, bytes) and len(packed) == len(r.ids) and set(packed) == {0, 1}
+    assert r.num_supervised == packed.count(1)
+    supervised = o200k.decode([t for t, m in zip(r.ids, packed, strict=True) if m])
+    replies = [m.content for m in SEED.messages if m.role == "assistant"]
+    assert supervised == "".join(reply + "<|im_end|>" for reply in replies)
+    assert pickle.loads(pickle.dumps(r)) == r  # pickled before listing: the bytes travel
+    listed = r.mask
+    assert listed == list(packed) and r.mask is listed and r.mask_bytes == packed
+    listed[-1] = 0  # the list is now the mask
+    assert r.mask_bytes == packed[:-1] + b"\x00" and r.num_supervised == packed.count(1) - packed[-1]
+    assert r != proto.render(SEED) and pickle.loads(pickle.dumps(r)) == r
+    assert Rendered([5, 6], b"\x00\x01", [0, 0]) == Rendered([5, 6], [0, 1], [0, 0])
+    both = Rendered([5, 6], [0, 1], [0, 0])
+    both.mask = b"\x01\x01"
+    assert both.mask == [1, 1] and both.num_supervised == 2

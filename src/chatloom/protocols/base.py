@@ -38,13 +38,15 @@ class Part:
 class Rendered:
     """Token ids, 0/1 loss mask and, per token, the index of the message it came from (-1 for BOS / prompt).
 
-    The message index is held as runs (`runs`: message, count, message, count, ...) until it is first read: training
-    and data statistics never read it, views do."""
+    The encoder makes the mask as `bytes` (one byte per token: `mask_bytes`, what training and data statistics read)
+    and lists it on the first read of `mask`; once listed, the list is the mask (a caller may edit it). The message
+    index is held as runs (`runs`: message, count, message, count, ...) until it is first read: training and data
+    statistics never read it, views do."""
 
-    __slots__ = ("ids", "mask", "_index", "_runs")
+    __slots__ = ("ids", "_mask", "_mask_bytes", "_index", "_runs")
     __hash__ = None
 
-    def __init__(self, ids: list[int], mask: list[int], message_index: list[int] | None = None, *,
+    def __init__(self, ids: list[int], mask: list[int] | bytes, message_index: list[int] | None = None, *,
                  runs: list[int] | None = None):
         if (message_index is None) == (runs is None):
             raise TypeError("Rendered needs either message_index or runs")
@@ -52,6 +54,24 @@ class Rendered:
         self.mask = mask
         self._index = message_index
         self._runs = runs
+
+    @property
+    def mask(self) -> list[int]:
+        if self._mask is None:
+            self._mask, self._mask_bytes = list(self._mask_bytes), None
+        return self._mask
+
+    @mask.setter
+    def mask(self, value: list[int] | bytes) -> None:
+        if isinstance(value, bytes):
+            self._mask, self._mask_bytes = None, value
+        else:
+            self._mask, self._mask_bytes = value, None
+
+    @property
+    def mask_bytes(self) -> bytes:
+        """The mask as one byte per token (no list made when the encoder's bytes are still held)."""
+        return self._mask_bytes if self._mask is None else bytes(self._mask)
 
     @property
     def message_index(self) -> list[int]:
@@ -69,7 +89,8 @@ class Rendered:
     def __eq__(self, other) -> bool:
         if not isinstance(other, Rendered):
             return NotImplemented
-        return self.ids == other.ids and self.mask == other.mask and self.message_index == other.message_index
+        return (self.ids == other.ids and self.mask_bytes == other.mask_bytes
+                and self.message_index == other.message_index)
 
     def __repr__(self) -> str:
         return f"Rendered(ids={self.ids!r}, mask={self.mask!r}, message_index={self.message_index!r})"
@@ -79,7 +100,7 @@ class Rendered:
 
     @property
     def num_supervised(self) -> int:
-        return sum(self.mask)
+        return self.mask_bytes.count(1) if self._mask is None else sum(self._mask)
 
     @property
     def spans(self) -> list[tuple[int, int]]:

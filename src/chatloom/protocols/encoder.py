@@ -97,7 +97,7 @@ class CompiledGap:
         self.ids = ids
         self.n_close = sum(closes)  # closing tokens come first
         self.n_open = len(ids) - self.n_close
-        self.mask_eot = bytes(1 if c == _EOT else 0 for c in codes)  # loss masks as bytes: joined, then listed once
+        self.mask_eot = bytes(1 if c == _EOT else 0 for c in codes)  # loss masks as bytes, joined per rendering
         self.mask_ext = bytes(1 if c != _NO else 0 for c in codes)
         self.zeros = bytes(len(ids))
         self.ones = b"\x01" * len(ids)
@@ -308,7 +308,7 @@ class Encoder:
                     ids += seg_ids
                     mask.append(bytes(seg_mask))
                     runs += _runs(seg_msg)
-            out.append(Rendered(ids, list(join(mask)), runs=runs))
+            out.append(Rendered(ids, join(mask), runs=runs))
         return out
 
     def _plan_run(self, run, plan, whole, multi, can_split, short):

@@ -69,10 +69,10 @@ class DataStats:
 
 def shift_targets(ids: Sequence[int], mask: Sequence[int]) -> list[int]:
     """targets[t] = ids[t+1] when token t+1 is supervised, else IGNORE."""
-    return [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+    return [i if m else IGNORE for i, m in zip(ids[1:], mask[1:], strict=True)] + [IGNORE]
 
 
-def truncate(ids: list[int], mask: list[int], seq_len: int) -> tuple[list[int], list[int]]:
+def truncate(ids: list[int], mask: Sequence[int], seq_len: int) -> tuple[list[int], Sequence[int]]:
     """Cut to `seq_len` tokens, but never inside a supervised run (assistant content + end-of-turn): a run that would
     lose its end is dropped whole, so the model is never taught to continue where it should stop."""
     if len(ids) <= seq_len:
@@ -91,7 +91,7 @@ def conversation_examples(convs: Sequence, protocol, seq_len: int, stats: DataSt
     out = []
     reasoning_masks = _reasoning_masks(convs, protocol)
     for k, (conv, r) in enumerate(zip(convs, protocol.render_batch(convs), strict=True)):
-        ids, mask = truncate(list(r.ids), list(r.mask), seq_len)
+        ids, mask = truncate(r.ids, r.mask_bytes, seq_len)
         if len(ids) < len(r.ids):
             stats.truncated += 1
         ex = Example(ids, shift_targets(ids, mask))
@@ -113,7 +113,7 @@ def conversation_examples(convs: Sequence, protocol, seq_len: int, stats: DataSt
     return out
 
 
-def _reasoning_masks(convs: Sequence, protocol) -> dict[int, list[int]]:
+def _reasoning_masks(convs: Sequence, protocol) -> dict[int, bytes]:
     """For conversations with reasoning: their mask rendered with `train_reasoning` flipped (to count reasoning tokens
     from the one encoder, without a second definition of where reasoning is)."""
     todo = [k for k, c in enumerate(convs) if any(getattr(m, "reasoning_content", None) for m in c.messages)]
@@ -125,7 +125,7 @@ def _reasoning_masks(convs: Sequence, protocol) -> dict[int, list[int]]:
         rendered = protocol.render_batch([convs[k] for k in todo])
     finally:
         protocol.train_reasoning = flag
-    return {k: r.mask for k, r in zip(todo, rendered, strict=True)}
+    return {k: r.mask_bytes for k, r in zip(todo, rendered, strict=True)}
 
 
 def document_examples(texts: Iterable[str], tokenizer, seq_len: int, stats: DataStats | None = None) -> list[Example]:
