@@ -29,7 +29,7 @@ from ..conversation import Rejects
 from ..conversation import load as load_conversations
 from ..protocols import ProtocolError
 from . import checkpoint as ckpt
-from . import sharding
+from . import heap, sharding
 from .attention import MASK_FREE, attention_name, restore_attention, use_training_attention
 from .collectives import all_max, all_sum, barrier, init_distributed
 from .config import TrainConfig, bf16_supported, default_lr, resolve_device, resolve_precision  # noqa: F401 (bf16_supported: re-exported)
@@ -423,7 +423,7 @@ class Run:
             val = self.validation_loss()
             metrics.log(step=0, val_loss=val)
         interrupted, out_of_time = False, False
-        with self._progress() as progress:
+        with self._progress() as progress, heap.keep_freed_memory(self.keeps_freed_memory):
             task = progress.add_task("train", total=self.total_steps, completed=self.step, loss="-", tps="-")
             while self.step < self.total_steps and not out_of_time:
                 t0 = time.perf_counter()
@@ -543,7 +543,12 @@ class Run:
             "examples_per_step": round(self.stats.examples / max(1, len(self.shard)) * self.rows_per_step, 1),
             "attention": self.attention,
             "vocab_size": len(self.protocol.tokenizer), "added_embedding_rows": self.added_rows,
-            "embedding_rows_copied": self.copied_rows}}
+            "embedding_rows_copied": self.copied_rows, "keep_freed_memory": self.keeps_freed_memory}}
+
+    @property
+    def keeps_freed_memory(self) -> bool:
+        """float32 on CPU: glibc keeps each step's freed tensors for the next (heap.py; bf16 would fragment the heap)."""
+        return self.device.type == "cpu" and self.precision == "fp32" and heap.available()
 
     def _write_config(self) -> None:
         import yaml
