@@ -75,10 +75,12 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
     from ..train.data import IGNORE
     from ..train.heap import keep_freed_memory
     from ..train.loop import SupervisedLoss, adamw, bf16_supported, clipped_step
+    from ..train.tied_embedding import GradientHandoff, tie_gradient, untie_gradient
 
     use_training_attention(model)
     model.train()
-    loss_of = SupervisedLoss(model)
+    handoff = GradientHandoff()
+    loss_of = SupervisedLoss(model, handoff=handoff if tie_gradient(model, handoff) else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, torch.device("cpu"), lr=1e-4)
     ids = torch.randint(0, vocab, (batch_size, seq_len))
@@ -88,7 +90,7 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
     targets[:, :seq_len - max(1, round(seq_len * supervised))] = IGNORE
     use_bf16 = bf16_supported(torch.device("cpu"))
     best = float("inf")
-    with keep_freed_memory(enabled=not use_bf16):  # as the loop trains in float32
+    with keep_freed_memory(large=not use_bf16):  # as the loop trains
         for i in range(warmup + repeats):
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
@@ -98,6 +100,7 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
             opt.zero_grad(set_to_none=True)
             if i >= warmup:
                 best = min(best, time.perf_counter() - start)
+    untie_gradient(model)
     return best
 
 

@@ -33,7 +33,7 @@ def chunk_rows(vocab: int) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, compute_dtype, want_grad):
+    def forward(ctx, hidden, weight, targets, compute_dtype, want_grad, handoff):
         w = weight.to(compute_dtype)
         h_all = hidden.to(compute_dtype)
         n, rows = h_all.shape[0], min(h_all.shape[0], chunk_rows(weight.shape[0]))
@@ -69,7 +69,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             torch.mm(p, w, out=grad_h[start:start + r])
         if want_grad:
             ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes, ctx.used = (hidden.dtype, weight.dtype), False
+        ctx.dtypes, ctx.used, ctx.handoff = (hidden.dtype, weight.dtype), False, handoff
+        ctx.weight = weight if handoff is not None else None
         return total
 
     @staticmethod
@@ -81,19 +82,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.dtypes
         # in place: a second [vocab, dim] float32 tensor would cost as much as the scaling itself
-        return (grad_h * grad_out).to(h_dtype), grad_w.mul_(grad_out).to(w_dtype), None, None, None
+        grad_weight = grad_w.mul_(grad_out).to(w_dtype)
+        if ctx.handoff is not None:  # a tied input embedding adds its rows into it (tied_embedding.py)
+            ctx.handoff.give(ctx.weight, grad_weight)
+        del grad_w, ctx.weight
+        return (grad_h * grad_out).to(h_dtype), grad_weight, None, None, None, None
 
 
 @torch.compiler.disable  # already fused; traced, its row count (data-dependent) would recompile every batch
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         handoff=None) -> torch.Tensor:
     """Sum over rows of cross-entropy(hidden @ weight.T, targets), in float32, without materialising all logits.
 
     Under autocast the matmuls run in the autocast dtype, like `F.linear` would. Every target must be a valid class
-    (select the supervised rows first)."""
+    (select the supervised rows first). `handoff` (a `tied_embedding.GradientHandoff`): the backward gives it the
+    weight's gradient for a tied input embedding to add into."""
     if hidden.shape[0] == 0:
         return (hidden.sum() + weight.sum()) * 0.0  # keeps the graph (and the collective under DDP) intact
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, dtype, want_grad)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, dtype, want_grad, handoff if want_grad else None)

@@ -48,6 +48,7 @@ from .export import export_model
 from .fused_loss import linear_cross_entropy
 from .models import CONFIGS, end_of_turn_like, fit_vocab, load_model, model_protocol
 from .report import Metrics, file_digest, plot_loss, write_run_card
+from .tied_embedding import GradientHandoff, tie_gradient, untie_gradient
 
 
 @dataclass
@@ -66,10 +67,11 @@ class SupervisedLoss(nn.Module):
     the vocabulary projection is the largest matmul, and SFT supervises a fraction of the tokens), fused with the loss
     in row chunks (`fused_loss.py`)."""
 
-    def __init__(self, model, dense: bool = False):
+    def __init__(self, model, dense: bool = False, handoff: GradientHandoff | None = None):
         super().__init__()
         self.model = model
         self.dense = dense  # True: always the (B, 1, L, L) block-diagonal mask (the reference in tests)
+        self.handoff = handoff  # the head's gradient for a tied input embedding to add into (tied_embedding.py)
 
     def forward(self, ids, positions, segments, targets):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -85,7 +87,7 @@ class SupervisedLoss(nn.Module):
         supervised = targets != IGNORE
         head = base.get_output_embeddings()
         if fusable(head):
-            return linear_cross_entropy(hidden[supervised], head.weight, targets[supervised])
+            return linear_cross_entropy(hidden[supervised], head.weight, targets[supervised], self.handoff)
         return F.cross_entropy(head(hidden[supervised]).float(), targets[supervised], reduction="sum")
 
 
@@ -272,7 +274,10 @@ class Run:
                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                               modules_to_save=["embed_tokens", "lm_head"] if self.added_rows else None)
             self.model = get_peft_model(self.model, lora)
-        self.loss_module: nn.Module = SupervisedLoss(self.model)
+        handoff = GradientHandoff()
+        # not under FSDP (sharded weights) nor torch.compile (the handoff is a side effect between two backward nodes)
+        self.tied_gradient = not cfg.fsdp and not cfg.compile and tie_gradient(self.raw_model, handoff)
+        self.loss_module: nn.Module = SupervisedLoss(self.model, handoff=handoff if self.tied_gradient else None)
         if cfg.fsdp:  # before the optimizer: sharding replaces the parameters with DTensor shards
             sharding.shard(self.loss_module, self.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -423,7 +428,8 @@ class Run:
             val = self.validation_loss()
             metrics.log(step=0, val_loss=val)
         interrupted, out_of_time = False, False
-        with self._progress() as progress, heap.keep_freed_memory(self.keeps_freed_memory):
+        with self._progress() as progress, heap.keep_freed_memory(
+                bool(self.keeps_freed_memory), large=self.keeps_freed_memory == "all"):
             task = progress.add_task("train", total=self.total_steps, completed=self.step, loss="-", tps="-")
             while self.step < self.total_steps and not out_of_time:
                 t0 = time.perf_counter()
@@ -495,6 +501,7 @@ class Run:
         result.final = final
         weights = sharding.full_model_state(self.model) if cfg.fsdp else None  # gathered from all processes
         restore_attention(self.raw_model)
+        untie_gradient(self.raw_model)
         if self.main:
             export_model(self.model, self.protocol, self.out, state_dict=weights,
                          extra={"mode": cfg.mode, "base_model": cfg.model, "steps": self.step})
@@ -543,12 +550,16 @@ class Run:
             "examples_per_step": round(self.stats.examples / max(1, len(self.shard)) * self.rows_per_step, 1),
             "attention": self.attention,
             "vocab_size": len(self.protocol.tokenizer), "added_embedding_rows": self.added_rows,
-            "embedding_rows_copied": self.copied_rows, "keep_freed_memory": self.keeps_freed_memory}}
+            "embedding_rows_copied": self.copied_rows, "keep_freed_memory": self.keeps_freed_memory,
+            "tied_embedding_gradient": self.tied_gradient}}
 
     @property
-    def keeps_freed_memory(self) -> bool:
-        """float32 on CPU: glibc keeps each step's freed tensors for the next (heap.py; bf16 would fragment the heap)."""
-        return self.device.type == "cpu" and self.precision == "fp32" and heap.available()
+    def keeps_freed_memory(self) -> str | bool:
+        """On CPU, glibc keeps each step's freed tensors for the next (heap.py): "all" in float32, "up to 32 MB" under
+        autocast (larger kept blocks would fragment the heap); False elsewhere."""
+        if self.device.type != "cpu" or not heap.available():
+            return False
+        return "all" if self.precision == "fp32" else "up to 32 MB"
 
     def _write_config(self) -> None:
         import yaml
@@ -569,6 +580,7 @@ class Run:
 
     def _finish(self) -> None:
         restore_attention(self.raw_model)
+        untie_gradient(self.raw_model)
         if self._created_group and dist.is_initialized():
             barrier()
             dist.destroy_process_group()
