@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from chatloom.conversation import Conversation, save
 from chatloom.tokenizers import load_tokenizer
@@ -31,6 +31,15 @@ def tiny_llama(tied: bool = True) -> LlamaForCausalLM:
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied, pad_token_id=PAD,
                          attn_implementation="sdpa")
     return LlamaForCausalLM(config)
+
+
+def tiny_gemma3() -> Gemma3ForCausalLM:
+    """Gemma 3's embedding is a subclass that scales its output (`embed_scale`): handled, after a check."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
+                              tie_word_embeddings=True, pad_token_id=PAD, attn_implementation="sdpa")
+    return Gemma3ForCausalLM(config)
 
 
 def batches(n: int = 2):
@@ -74,9 +83,9 @@ def tied_grads(model, precision: str) -> tuple[dict, set]:
     return {n: p.grad.clone() for n, p in model.named_parameters()}, ops
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_tied_embedding_gradient_equals_the_plain_computation(precision):
-    model = tiny_llama()
+@pytest.mark.parametrize(("build", "precision"), [(tiny_llama, "fp32"), (tiny_llama, "bf16"), (tiny_gemma3, "fp32")])
+def test_tied_embedding_gradient_equals_the_plain_computation(build, precision):
+    model = build()
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     expected = plain_grads(model, precision)
     got, ops = tied_grads(model, precision)
@@ -120,6 +129,9 @@ def test_models_it_does_not_apply_to_keep_stock_autograd():
     scaled.model.embed_tokens = Scaled(VOCAB, 64, padding_idx=PAD, _weight=emb.weight)
     scaled.lm_head.weight = scaled.model.embed_tokens.weight
     assert not tie_gradient(scaled, handoff)
+    scaled.model.embed_tokens.embed_scale = torch.tensor(3.0)  # says it scales by 3, computes x 2: the check refuses
+    assert not tie_gradient(scaled, handoff)
+    assert "forward" not in vars(scaled.model.embed_tokens)
 
     model = tiny_llama()
     assert tie_gradient(model, handoff)
