@@ -20,7 +20,7 @@ from chatloom.train.attention import use_training_attention
 from chatloom.train.data import IGNORE
 from chatloom.train.loop import SupervisedLoss
 from chatloom.train.models import BUNDLED_TOKENIZER
-from chatloom.train.tied_embedding import GradientHandoff, tie_gradient, untie_gradient
+from chatloom.train.tied_embedding import tie_gradient, untie_gradient
 
 VOCAB, PAD = 300, 3
 
@@ -68,8 +68,8 @@ def plain_grads(model, precision: str) -> dict:
 
 def tied_grads(model, precision: str) -> tuple[dict, set]:
     model.zero_grad(set_to_none=True)
-    handoff = GradientHandoff()
-    assert tie_gradient(model, handoff)
+    handoff = tie_gradient(model)
+    assert handoff
     use_training_attention(model)
     loss_of = SupervisedLoss(model, handoff=handoff)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -114,11 +114,10 @@ def test_the_padding_row_gets_only_the_head_gradient():
 
 
 def test_models_it_does_not_apply_to_keep_stock_autograd():
-    handoff = GradientHandoff()
-    assert not tie_gradient(tiny_llama(tied=False), handoff)  # untied: nothing to add into
+    assert not tie_gradient(tiny_llama(tied=False))  # untied: nothing to add into
     frozen = tiny_llama()
     frozen.get_input_embeddings().weight.requires_grad_(False)
-    assert not tie_gradient(frozen, handoff)
+    assert not tie_gradient(frozen)
 
     class Scaled(torch.nn.Embedding):  # like Gemma 3's scaled embedding: its own forward stays
         def forward(self, ids):
@@ -128,13 +127,13 @@ def test_models_it_does_not_apply_to_keep_stock_autograd():
     emb = scaled.get_input_embeddings()
     scaled.model.embed_tokens = Scaled(VOCAB, 64, padding_idx=PAD, _weight=emb.weight)
     scaled.lm_head.weight = scaled.model.embed_tokens.weight
-    assert not tie_gradient(scaled, handoff)
+    assert not tie_gradient(scaled)
     scaled.model.embed_tokens.embed_scale = torch.tensor(3.0)  # says it scales by 3, computes x 2: the check refuses
-    assert not tie_gradient(scaled, handoff)
+    assert not tie_gradient(scaled)
     assert "forward" not in vars(scaled.model.embed_tokens)
 
     model = tiny_llama()
-    assert tie_gradient(model, handoff)
+    assert tie_gradient(model)
     assert "forward" in vars(model.get_input_embeddings())
     untie_gradient(model)
     assert "forward" not in vars(model.get_input_embeddings())
@@ -145,7 +144,7 @@ def test_without_the_head_gradient_the_embedding_falls_back_to_stock():
     model = tiny_llama()
     expected = plain_grads(model, "fp32")
     model.zero_grad(set_to_none=True)
-    assert tie_gradient(model, GradientHandoff())  # a handoff the loss never fills
+    assert tie_gradient(model)  # a handoff the loss never fills
     for ids, targets in batches():
         logits = model(input_ids=ids).logits
         (F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum") / 7).backward()

@@ -75,12 +75,11 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
     from ..train.data import IGNORE
     from ..train.heap import keep_freed_memory
     from ..train.loop import SupervisedLoss, adamw, bf16_supported, clipped_step
-    from ..train.tied_embedding import GradientHandoff, tie_gradient, untie_gradient
+    from ..train.tied_embedding import tie_gradient, untie_gradient
 
     use_training_attention(model)
     model.train()
-    handoff = GradientHandoff()
-    loss_of = SupervisedLoss(model, handoff=handoff if tie_gradient(model, handoff) else None)
+    loss_of = SupervisedLoss(model, handoff=tie_gradient(model))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, torch.device("cpu"), lr=1e-4)
     ids = torch.randint(0, vocab, (batch_size, seq_len))

@@ -274,10 +274,10 @@ class Run:
                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                               modules_to_save=["embed_tokens", "lm_head"] if self.added_rows else None)
             self.model = get_peft_model(self.model, lora)
-        handoff = GradientHandoff()
         # not under FSDP (sharded weights) nor torch.compile (the handoff is a side effect between two backward nodes)
-        self.tied_gradient = not cfg.fsdp and not cfg.compile and tie_gradient(self.raw_model, handoff)
-        self.loss_module: nn.Module = SupervisedLoss(self.model, handoff=handoff if self.tied_gradient else None)
+        handoff = None if cfg.fsdp or cfg.compile else tie_gradient(self.raw_model)
+        self.tied_gradient = handoff is not None
+        self.loss_module: nn.Module = SupervisedLoss(self.model, handoff=handoff)
         if cfg.fsdp:  # before the optimizer: sharding replaces the parameters with DTensor shards
             sharding.shard(self.loss_module, self.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -60,7 +60,7 @@ class _Embedding(torch.autograd.Function):
 
 def _forward(module: nn.Embedding, handoff: GradientHandoff, ids: torch.Tensor) -> torch.Tensor:
     out = _Embedding.apply(ids, module.weight, module.padding_idx, handoff)
-    scale = getattr(module, "embed_scale", None) if type(module) is not nn.Embedding else None
+    scale = getattr(module, "embed_scale", None)
     return out if scale is None else out * scale.to(module.weight.dtype)
 
 
@@ -70,19 +70,19 @@ def _same_as_module(module: nn.Embedding, handoff: GradientHandoff) -> bool:
         return torch.equal(_forward(module, handoff, ids), type(module).forward(module, ids))
 
 
-def tie_gradient(model: nn.Module, handoff: GradientHandoff) -> bool:
-    """Route the input embedding's gradient into the head's through `handoff` (which the loss fills) when the model's
-    embedding is an `nn.Embedding` (plain or with an `embed_scale`) whose matrix is the output head's; returns whether
-    it did. `untie_gradient`
-    undoes it."""
+def tie_gradient(model: nn.Module) -> GradientHandoff | None:
+    """Route the input embedding's gradient into the head's when the model's embedding is an `nn.Embedding` (plain or
+    with an `embed_scale`) whose matrix is the output head's: returns the handoff for the loss to fill (give it to
+    `SupervisedLoss`), or None where stock autograd stays. `untie_gradient` undoes it."""
+    handoff = GradientHandoff()
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     known = type(emb) is nn.Embedding or (isinstance(emb, nn.Embedding) and torch.is_tensor(getattr(emb, "embed_scale", None)))
     if not (known and emb.max_norm is None and not emb.scale_grad_by_freq and not emb.sparse and head is not None
             and head.weight is emb.weight and type(emb.weight) is nn.Parameter and emb.weight.requires_grad
             and _same_as_module(emb, handoff)):
-        return False
+        return None
     emb.forward = functools.partial(_forward, emb, handoff)
-    return True
+    return handoff
 
 
 def untie_gradient(model: nn.Module) -> None:
