@@ -76,3 +76,5 @@ def test_the_loop_keeps_all_freed_memory_in_float32_and_up_to_32_mb_under_autoca
     run.fit()
     card = json.loads((tmp_path / "run" / "run_card.json").read_text())
     assert card["resolved"]["keep_freed_memory"] == kept
+    # above 32 MB the fused loss keeps its own buffers (fused_loss.Workspace)
+    assert card["resolved"]["loss_buffers_kept"] == (kept == "up to 32 MB")

@@ -76,6 +76,67 @@ def test_backward_twice_is_refused_not_silently_rescaled():
         loss.backward()
 
 
+def steps_through_a_workspace(hidden, weight, targets, autocast, steps=3, micro_batches=1, trainable=True):
+    """The loop's use of a workspace: each step's micro-batches, then an update of the weight (a kept cast of the
+    weight must be refreshed), then `recycle` in place of zero_grad. Yields each step's (loss, hidden grad, weight
+    grad, the reference's three) and the workspace."""
+    workspace, w = fused_loss.Workspace(), weight.clone().requires_grad_(trainable)
+    for step in range(steps):
+        got, want = [], []
+        for part in torch.arange(len(targets)).chunk(micro_batches):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                got.append(loss_and_grads(lambda h, _, t: linear_cross_entropy(h, w, t, workspace=workspace),
+                                          hidden[part], w.detach(), targets[part]))
+                want.append(loss_and_grads(reference, hidden[part], w.detach(), targets[part]))
+        weight_grad = w.grad.clone() if w.grad is not None else None
+        yield [sum(g[0] for g in got), torch.cat([g[1] for g in got]), weight_grad,
+               sum(g[0] for g in want), torch.cat([g[1] for g in want]), sum(g[2] for g in want)], w, workspace
+        with torch.no_grad():
+            w.sub_(0.5 * w.grad if w.grad is not None else 0.05 * torch.randn_like(w))
+        workspace.recycle(w)
+        assert w.grad is None
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("micro_batches", [1, 2])
+@pytest.mark.parametrize("keep_bytes", [0, fused_loss.KEEP_BYTES])
+def test_a_workspace_keeps_the_buffers_and_the_gradient_and_changes_no_result(autocast, micro_batches, keep_bytes,
+                                                                             monkeypatch):
+    """Step after step through one workspace, the loss and both gradients equal full logits + `F.cross_entropy` on
+    the weight of that step; the weight's gradient is written into the previous step's tensor (autograd adopts it:
+    no copy), and between calls the workspace holds exactly the forward buffers of `KEEP_BYTES` and up (all of them,
+    or at the default none of this small model's)."""
+    monkeypatch.setattr(fused_loss, "KEEP_BYTES", keep_bytes)
+    hidden, weight, targets = data(700)
+    tol = dict(rtol=1e-5, atol=1e-5) if not autocast else dict(rtol=2e-2, atol=2e-2)
+    grads_at = []
+    for (loss, gh, gw, want_loss, want_gh, want_gw), w, workspace in steps_through_a_workspace(
+            hidden, weight, targets, autocast, micro_batches=micro_batches):
+        torch.testing.assert_close(loss, want_loss, rtol=1e-5 if not autocast else 1e-4, atol=1e-2)
+        torch.testing.assert_close(gh, want_gh, **tol)
+        torch.testing.assert_close(gw, want_gw, **tol)
+        grads_at.append(w.grad.data_ptr())
+        rows = fused_loss.chunk_rows(VOCAB)
+        compute = 2 if autocast else 4  # bytes per logit; the log-probabilities are float32, the cast bf16
+        sizes = [rows * VOCAB * compute, rows * VOCAB * 4] + ([w.numel() * 2] if autocast else [])
+        assert workspace.nbytes() == sum(b for b in sizes if b >= keep_bytes)  # the gradient is autograd's until recycled
+    if micro_batches == 1:  # every step writes into the first step's gradient tensor
+        assert len(set(grads_at)) == 1
+    else:  # the second micro-batch's part is added into it (a fresh one is needed while the first is in .grad)
+        assert grads_at[1] == grads_at[2]
+
+
+def test_a_frozen_weight_gets_no_gradient_and_the_workspace_keeps_none():
+    """A frozen head (LoRA): only the hidden states' gradient is computed, the weight's is skipped."""
+    hidden, weight, targets = data(300)
+    for (loss, gh, gw, want_loss, want_gh, _), w, workspace in steps_through_a_workspace(
+            hidden, weight, targets, autocast=False, steps=2, trainable=False):
+        assert gw is None and w.grad is None
+        torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gh, want_gh, rtol=1e-5, atol=1e-5)
+        assert workspace.nbytes() == 0  # no gradient (and no forward buffer of this size)
+
+
 def tied_model(vocab=VOCAB, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -73,13 +73,16 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
     262k vocabulary. The model's weights are left changed."""
     from ..train.attention import use_training_attention
     from ..train.data import IGNORE
+    from ..train.fused_loss import Workspace
     from ..train.heap import keep_freed_memory
     from ..train.loop import SupervisedLoss, adamw, bf16_supported, clipped_step
     from ..train.tied_embedding import tie_gradient, untie_gradient
 
     use_training_attention(model)
     model.train()
-    loss_of = SupervisedLoss(model, handoff=tie_gradient(model))
+    use_bf16 = bf16_supported(torch.device("cpu"))
+    workspace = Workspace() if use_bf16 else None
+    loss_of = SupervisedLoss(model, handoff=tie_gradient(model), workspace=workspace)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, torch.device("cpu"), lr=1e-4)
     ids = torch.randint(0, vocab, (batch_size, seq_len))
@@ -87,7 +90,6 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
     segments = torch.zeros_like(ids)
     targets = ids.clone()
     targets[:, :seq_len - max(1, round(seq_len * supervised))] = IGNORE
-    use_bf16 = bf16_supported(torch.device("cpu"))
     best = float("inf")
     with keep_freed_memory(large=not use_bf16):  # as the loop trains
         for i in range(warmup + repeats):
@@ -96,6 +98,8 @@ def time_step(model, vocab: int, seq_len: int, batch_size: int, repeats: int = 5
                 loss = loss_of(ids, positions, segments, targets)
             loss.backward()
             clipped_step(opt, params, 1.0)
+            if workspace is not None:
+                workspace.recycle(model.get_output_embeddings().weight)
             opt.zero_grad(set_to_none=True)
             if i >= warmup:
                 best = min(best, time.perf_counter() - start)

@@ -45,7 +45,7 @@ from .data import (
     read_documents,
 )
 from .export import export_model
-from .fused_loss import linear_cross_entropy
+from .fused_loss import Workspace, linear_cross_entropy
 from .models import CONFIGS, end_of_turn_like, fit_vocab, load_model, model_protocol
 from .report import Metrics, file_digest, plot_loss, write_run_card
 from .tied_embedding import GradientHandoff, tie_gradient, untie_gradient
@@ -67,11 +67,13 @@ class SupervisedLoss(nn.Module):
     the vocabulary projection is the largest matmul, and SFT supervises a fraction of the tokens), fused with the loss
     in row chunks (`fused_loss.py`)."""
 
-    def __init__(self, model, dense: bool = False, handoff: GradientHandoff | None = None):
+    def __init__(self, model, dense: bool = False, handoff: GradientHandoff | None = None,
+                 workspace: Workspace | None = None):
         super().__init__()
         self.model = model
         self.dense = dense  # True: always the (B, 1, L, L) block-diagonal mask (the reference in tests)
         self.handoff = handoff  # the head's gradient for a tied input embedding to add into (tied_embedding.py)
+        self.workspace = workspace  # the fused loss's large buffers, kept between steps (fused_loss.py)
 
     def forward(self, ids, positions, segments, targets):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -87,7 +89,8 @@ class SupervisedLoss(nn.Module):
         supervised = targets != IGNORE
         head = base.get_output_embeddings()
         if fusable(head):
-            return linear_cross_entropy(hidden[supervised], head.weight, targets[supervised], self.handoff)
+            return linear_cross_entropy(hidden[supervised], head.weight, targets[supervised], self.handoff,
+                                        self.workspace)
         return F.cross_entropy(head(hidden[supervised]).float(), targets[supervised], reduction="sum")
 
 
@@ -277,7 +280,9 @@ class Run:
         # not under FSDP (sharded weights) nor torch.compile (the handoff is a side effect between two backward nodes)
         handoff = None if cfg.fsdp or cfg.compile else tie_gradient(self.raw_model)
         self.tied_gradient = handoff is not None
-        self.loss_module: nn.Module = SupervisedLoss(self.model, handoff=handoff)
+        # on the CPU under autocast, where glibc hands blocks above 32 MB back to the kernel (heap.py)
+        self.loss_workspace = Workspace() if self.keeps_freed_memory == "up to 32 MB" and not cfg.fsdp else None
+        self.loss_module: nn.Module = SupervisedLoss(self.model, handoff=handoff, workspace=self.loss_workspace)
         if cfg.fsdp:  # before the optimizer: sharding replaces the parameters with DTensor shards
             sharding.shard(self.loss_module, self.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -400,7 +405,7 @@ class Run:
         bs, n = self.batch_size, len(self.val_shard)
         rows = list(range(self.rank, n, self.world))
         batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
-        evaluate = SupervisedLoss(self.model)
+        evaluate = SupervisedLoss(self.model, workspace=self.loss_workspace)
         if self.cfg.fsdp:  # the sharded root gathers the weights, and each forward is a collective: same count everywhere
             evaluate = self.loss_module
             batches += [[]] * (math.ceil(math.ceil(n / self.world) / bs) - len(batches))
@@ -437,7 +442,7 @@ class Run:
                 used = self._elapsed(started) / cfg.max_seconds if cfg.max_seconds > 0 else 0.0  # share of the time
                 if out["skipped"]:
                     self.skipped_steps += 1
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self.zero_grad()
                 else:
                     params = [p for p in self.model.parameters() if p.requires_grad]
                     lr = self.scheduler.get_last_lr()[0]
@@ -453,7 +458,7 @@ class Run:
                         norm = clipped_step(self.optimizer, params, cfg.max_grad_norm)
                     self.clock_step = self.total_steps * used
                     self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    self.zero_grad()
                     last_loss = out["loss"]
                 dt = time.perf_counter() - t0
                 self.step += 1
@@ -551,7 +556,15 @@ class Run:
             "attention": self.attention,
             "vocab_size": len(self.protocol.tokenizer), "added_embedding_rows": self.added_rows,
             "embedding_rows_copied": self.copied_rows, "keep_freed_memory": self.keeps_freed_memory,
-            "tied_embedding_gradient": self.tied_gradient}}
+            "tied_embedding_gradient": self.tied_gradient, "loss_buffers_kept": self.loss_workspace is not None}}
+
+    def zero_grad(self) -> None:
+        """Drop the gradients; the output head's goes back to the loss's workspace for the next step to write into."""
+        if self.loss_workspace is not None:
+            head = self.raw_model.get_output_embeddings()
+            if head is not None:
+                self.loss_workspace.recycle(head.weight)
+        self.optimizer.zero_grad(set_to_none=True)
 
     @property
     def keeps_freed_memory(self) -> str | bool:
