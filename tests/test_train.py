@@ -374,3 +374,27 @@ def test_neftune_trains_and_exports_a_clean_model(convs_file, tmp_path):
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     assert "neftune_alpha: 5.0" in (result.out_dir / "config.yaml").read_text()
     assert result.check is not None and result.check["ok"], result.check
+
+
+def test_train_frees_the_model_and_optimizer_when_it_returns(convs_file, tmp_path, monkeypatch):
+    """The run sits in reference cycles (its schedule's closure, frames of tracebacks caught in libraries): `train`
+    collects them, so a caller that evaluates next (the quickstart) does not carry the trained model, its optimizer
+    state and gradients beside the evaluation's engines. With automatic collection off, only that can free them."""
+    import gc
+    import weakref
+
+    made = []
+    init = Run.__init__
+
+    def recording_init(self, cfg):
+        init(self, cfg)
+        made.append((weakref.ref(self.model), weakref.ref(self.optimizer)))
+
+    monkeypatch.setattr(Run, "__init__", recording_init)
+    gc.disable()
+    try:
+        train(TrainConfig(out=str(tmp_path / "run"), model="tiny", data=[str(convs_file)], seq_len=64, batch_size=4,
+                          max_steps=2, progress=False))
+        assert made and all(ref() is None for ref in made[0]), "the run's model or optimizer outlived train()"
+    finally:
+        gc.enable()
