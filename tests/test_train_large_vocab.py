@@ -81,7 +81,7 @@ def steps_through_a_workspace(hidden, weight, targets, autocast, steps=3, micro_
     weight must be refreshed), then `recycle` in place of zero_grad. Yields each step's (loss, hidden grad, weight
     grad, the reference's three) and the workspace."""
     workspace, w = fused_loss.Workspace(), weight.clone().requires_grad_(trainable)
-    for step in range(steps):
+    for _ in range(steps):
         got, want = [], []
         for part in torch.arange(len(targets)).chunk(micro_batches):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
